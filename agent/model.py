@@ -1,0 +1,190 @@
+"""Wide models in the NTK parameterisation (DESIGN section 3): affine and MLP, numpy only.
+
+The flat parameter vector theta is the wire layout: W_1, b_1, ..., W_depth, b_depth, W_out, b_out,
+each row-major. Forward, hand-written backward and the loss L = 1/(2n) sum ||f(x) - y||^2 are pure
+functions (arrays in, arrays out) that keep float32 in float32: scale factors are Python floats,
+never numpy float64 scalars, which would silently promote a float32 array.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import special
+
+from firmware_profiles.errors import UserError
+
+ACTIVATIONS = ("relu", "erf", "tanh")
+KINDS = ("affine", "mlp")
+_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the model: input dim d, output dim k, and the DESIGN section 3 hyperparameters.
+
+    ``kind = "affine"`` (or ``depth = 0``) is f(x) = (w_std/sqrt(d)) x @ W + b_std b.
+    """
+
+    kind: str
+    d: int
+    k: int
+    width: int = 512
+    depth: int = 1
+    activation: str = "relu"
+    w_std: float = 1.0
+    b_std: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise UserError(f"model.kind = {self.kind!r}: expected one of {', '.join(KINDS)}")
+        if self.activation not in ACTIVATIONS:
+            raise UserError(f"model.activation = {self.activation!r}: expected one of {', '.join(ACTIVATIONS)}")
+        for name in ("d", "k", "width"):
+            if int(getattr(self, name)) < 1:
+                raise UserError(f"model.{name} = {getattr(self, name)!r}: must be a positive integer")
+        if self.depth < 0:
+            raise UserError(f"model.depth = {self.depth!r}: must be >= 0")
+
+    @property
+    def hidden_layers(self) -> int:
+        """Number of hidden layers actually used (0 for the affine model)."""
+        return 0 if self.kind == "affine" else self.depth
+
+    @property
+    def layer_sizes(self) -> list[int]:
+        """[n_0 = d, n_1, ..., n_depth, k]."""
+        return [self.d] + [self.width] * self.hidden_layers + [self.k]
+
+    def shapes(self) -> list[tuple[str, tuple[int, ...]]]:
+        """(name, shape) of every tensor, in flat-vector order."""
+        sizes = self.layer_sizes
+        out: list[tuple[str, tuple[int, ...]]] = []
+        for layer in range(len(sizes) - 1):
+            name = "out" if layer == len(sizes) - 2 else str(layer + 1)
+            out.append((f"W_{name}", (sizes[layer], sizes[layer + 1])))
+            out.append((f"b_{name}", (sizes[layer + 1],)))
+        return out
+
+    @property
+    def num_params(self) -> int:
+        return sum(math.prod(shape) for _, shape in self.shapes())
+
+    def hash(self) -> str:
+        """Model hash that agents compare at handshake: same hash means same architecture and theta_0."""
+        blob = json.dumps({**asdict(self), "kind": self.kind if self.hidden_layers else "affine",
+                           "P": self.num_params}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def init_params(cfg: ModelConfig, dtype: np.dtype | str = np.float32) -> np.ndarray:
+    """theta_0: iid N(0, 1), one ``standard_normal(shape)`` call per tensor from default_rng(cfg.seed)."""
+    rng = np.random.default_rng(cfg.seed)
+    parts = [rng.standard_normal(shape).ravel() for _, shape in cfg.shapes()]
+    return np.concatenate(parts).astype(dtype)
+
+
+def unflatten(cfg: ModelConfig, theta: np.ndarray) -> list[np.ndarray]:
+    """Views of theta, one per tensor, in flat order [W_1, b_1, ..., W_out, b_out]."""
+    if theta.shape != (cfg.num_params,):
+        raise ValueError(f"theta has shape {theta.shape}, model needs ({cfg.num_params},)")
+    views, start = [], 0
+    for _, shape in cfg.shapes():
+        size = math.prod(shape)
+        views.append(theta[start:start + size].reshape(shape))
+        start += size
+    return views
+
+
+def activation(name: str, z: np.ndarray) -> np.ndarray:
+    if name == "relu":
+        return np.maximum(z, 0)
+    if name == "tanh":
+        return np.tanh(z)
+    return special.erf(z)
+
+
+def activation_grad(name: str, z: np.ndarray) -> np.ndarray:
+    """s'(z), same dtype as z."""
+    if name == "relu":
+        return (z > 0).astype(z.dtype)
+    if name == "tanh":
+        t = np.tanh(z)
+        return 1 - t * t
+    return _TWO_OVER_SQRT_PI * np.exp(-(z * z))
+
+
+def layer_scales(cfg: ModelConfig) -> list[float]:
+    """w_std / sqrt(n_{l-1}) for each weight matrix, as Python floats (no dtype promotion)."""
+    return [cfg.w_std / math.sqrt(n) for n in cfg.layer_sizes[:-1]]
+
+
+def forward_with_cache(cfg: ModelConfig, theta: np.ndarray, X: np.ndarray):
+    """f(X) and the per-layer (input h_{l-1}, pre-activation z_l) pairs the backward pass needs."""
+    params = unflatten(cfg, theta)
+    X = np.asarray(X, dtype=theta.dtype)
+    scales = layer_scales(cfg)
+    h, cache = X, []
+    for layer in range(cfg.hidden_layers):
+        W, b = params[2 * layer], params[2 * layer + 1]
+        z = scales[layer] * (h @ W) + cfg.b_std * b
+        cache.append((h, z))
+        h = activation(cfg.activation, z)
+    f = scales[-1] * (h @ params[-2]) + cfg.b_std * params[-1]
+    return f, cache, h
+
+
+def forward(cfg: ModelConfig, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """f(X; theta), shape (n, k), in theta's dtype."""
+    return forward_with_cache(cfg, theta, X)[0]
+
+
+def backward(cfg: ModelConfig, theta: np.ndarray, cache, h_last: np.ndarray, dF: np.ndarray) -> np.ndarray:
+    """Flat gradient of sum(dF * f) with respect to theta (vector-Jacobian product)."""
+    params = unflatten(cfg, theta)
+    grad = np.empty_like(theta)
+    gviews = unflatten(cfg, grad)
+    scales = layer_scales(cfg)
+    np.matmul(h_last.T, dF, out=gviews[-2])
+    gviews[-2] *= scales[-1]
+    gviews[-1][...] = cfg.b_std * dF.sum(axis=0)
+    dh = scales[-1] * (dF @ params[-2].T)
+    for layer in reversed(range(cfg.hidden_layers)):
+        h_in, z = cache[layer]
+        dz = dh * activation_grad(cfg.activation, z)
+        np.matmul(h_in.T, dz, out=gviews[2 * layer])
+        gviews[2 * layer] *= scales[layer]
+        gviews[2 * layer + 1][...] = cfg.b_std * dz.sum(axis=0)
+        if layer:
+            dh = scales[layer] * (dz @ params[2 * layer].T)
+    return grad
+
+
+def loss_from_outputs(F: np.ndarray, Y: np.ndarray) -> float:
+    """L = 1/(2n) sum_i ||f(x_i) - y_i||^2 (DESIGN section 3), as a Python float."""
+    R = F - Y
+    return float(np.vdot(R, R)) / (2 * F.shape[0])
+
+
+def loss(cfg: ModelConfig, theta: np.ndarray, X: np.ndarray, Y: np.ndarray) -> float:
+    return loss_from_outputs(forward(cfg, theta, X), np.asarray(Y, theta.dtype))
+
+
+def loss_and_grad(cfg: ModelConfig, theta: np.ndarray, X: np.ndarray, Y: np.ndarray) -> tuple[float, np.ndarray]:
+    """(L(theta), grad L(theta)) on the batch (X, Y); the gradient has theta's dtype."""
+    F, cache, h_last = forward_with_cache(cfg, theta, X)
+    R = F - np.asarray(Y, theta.dtype)
+    value = float(np.vdot(R, R)) / (2 * F.shape[0])
+    dF = R / F.shape[0]
+    return value, backward(cfg, theta, cache, h_last, dF)
+
+
+def accuracy(F: np.ndarray, Y: np.ndarray) -> float:
+    """Fraction correct: sign agreement for scalar +-1 targets, argmax otherwise."""
+    if F.shape[1] == 1:
+        return float(np.mean(np.sign(F[:, 0]) == np.sign(Y[:, 0])))
+    return float(np.mean(F.argmax(axis=1) == Y.argmax(axis=1)))

@@ -1,0 +1,142 @@
+"""The p2p-ntk wire format: a UTF-8 JSON header frame, then the raw little-endian array bytes.
+
+`encode` builds the multipart frames; `decode` validates every field against what this agent
+expects and raises `WireError` naming the first problem. Nothing is ever pickled or eval'd.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+PROTOCOL_VERSION = 1
+MESSAGE_TYPES = ("hello", "params", "bye")
+MAX_HEADER_BYTES = 65536
+_FLOAT_DTYPES = ("float16", "float32", "float64")
+_FRAMES = {"hello": 1, "params": 2, "bye": 1}  # header [+ array]
+
+
+class WireError(ValueError):
+    """A message failed validation. `reason` is one line a person can act on; `field` names the
+    header field at fault (or None); `header` is the parsed header if it got that far."""
+
+    def __init__(self, reason: str, *, field: str | None = None, header: dict | None = None):
+        super().__init__(reason)
+        self.reason, self.field, self.header = reason, field, header
+
+
+@dataclass
+class Expect:
+    """What this agent accepts: neighbour ids, model hash, algorithm, dtypes, shape, round window."""
+    neighbours: set[int]
+    model_hash: str
+    algorithm: str
+    dtypes: set[str]
+    shape: tuple[int, ...]
+    round_lo: int = 0
+    round_hi: int = 2**31
+
+
+@dataclass
+class Message:
+    """A validated message. `round` is -1 for hello/bye. `array` (params only) is a view of the
+    received frame, no copy: read-only for bytes or zmq.Frame input; copy it before writing."""
+    type: str
+    sender: int
+    round: int
+    header: dict
+    array: np.ndarray | None
+
+
+def encode(header: dict, array: np.ndarray | None = None) -> list:
+    """Return frames [JSON header] or [JSON header, array bytes]; the array frame is a zero-copy
+    memoryview (send with copy=False, and do not mutate the array until it has gone out)."""
+    header = {**header, "v": PROTOCOL_VERSION}
+    if array is None:
+        return [json.dumps(header, separators=(",", ":"), allow_nan=False).encode()]
+    array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    header["dtype"], header["shape"] = array.dtype.name, list(array.shape)
+    head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    return [head, memoryview(array).cast("B")]
+
+
+def _buffer(frame) -> memoryview:
+    try:  # zmq.Frame exposes .buffer (zero-copy); bytes/bytearray/memoryview are buffers already
+        return memoryview(getattr(frame, "buffer", frame)).cast("B")
+    except TypeError:
+        raise WireError(f"frame is {type(frame).__name__}, not bytes") from None
+
+
+def _field(h: dict, name: str, kind: type):
+    if name not in h:
+        raise WireError(f"missing header field '{name}'", field=name, header=h)
+    value = h[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise WireError(f"header field '{name}' must be {kind.__name__}, got {type(value).__name__}"
+                        f" {value!r:.40}", field=name, header=h)
+    return value
+
+
+def decode(frames: list, expect: Expect) -> Message:
+    """Validate `frames` against `expect` and return a Message, or raise WireError (see module doc)."""
+    if not frames:
+        raise WireError("empty message (no frames)")
+    head = _buffer(frames[0])
+    if len(head) > MAX_HEADER_BYTES:
+        raise WireError(f"header is {len(head)} bytes, over the {MAX_HEADER_BYTES}-byte cap")
+    try:
+        h = json.loads(str(head, "utf-8"))
+    except UnicodeDecodeError as e:
+        raise WireError(f"header is not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise WireError(f"header is not valid JSON ({e.msg} at char {e.pos})") from None
+    if not isinstance(h, dict):
+        raise WireError(f"header is a JSON {type(h).__name__}, not an object")
+    if (v := _field(h, "v", int)) != PROTOCOL_VERSION:
+        raise WireError(f"protocol version {v} != ours {PROTOCOL_VERSION}", field="v", header=h)
+    if (kind := _field(h, "type", str)) not in MESSAGE_TYPES:
+        raise WireError(f"unknown message type {kind!r:.40}", field="type", header=h)
+    if len(frames) != _FRAMES[kind]:
+        raise WireError(f"{kind} message has {len(frames)} frames, expected {_FRAMES[kind]}",
+                        header=h)
+    if (sender := _field(h, "sender", int)) not in expect.neighbours:
+        raise WireError(f"sender {sender} is not a neighbour {sorted(expect.neighbours)}",
+                        field="sender", header=h)
+    if (mh := _field(h, "model_hash", str)) != expect.model_hash:
+        raise WireError(f"model hash {mh!r:.80} != ours {expect.model_hash!r}",
+                        field="model_hash", header=h)
+    if kind == "hello":
+        _field(h, "spec_hash", str)
+        if _field(h, "degree", int) < 0:
+            raise WireError(f"degree {h['degree']} < 0", field="degree", header=h)
+        if not all(isinstance(i, int) for i in _field(h, "heard", list)):
+            raise WireError("header field 'heard' must be a list of ints", field="heard", header=h)
+    if kind != "params":
+        return Message(kind, sender, -1, h, None)
+
+    r = _field(h, "round", int)
+    if not expect.round_lo <= r <= expect.round_hi:
+        raise WireError(f"round {r} outside window [{expect.round_lo}, {expect.round_hi}]",
+                        field="round", header=h)
+    if (alg := _field(h, "algorithm", str)) != expect.algorithm:
+        raise WireError(f"algorithm {alg!r:.40} != ours {expect.algorithm!r}", field="algorithm",
+                        header=h)
+    if (dt := _field(h, "dtype", str)) not in expect.dtypes or dt not in _FLOAT_DTYPES:
+        raise WireError(f"dtype {dt!r:.40} not allowed (allowed: {sorted(expect.dtypes)})",
+                        field="dtype", header=h)
+    shape = _field(h, "shape", list)
+    if not all(type(n) is int for n in shape) or tuple(shape) != tuple(expect.shape):
+        raise WireError(f"shape {shape!s:.80} != model shape {list(expect.shape)}", field="shape",
+                        header=h)
+    dtype = np.dtype(dt).newbyteorder("<")
+    payload = _buffer(frames[1])
+    if len(payload) != math.prod(expect.shape) * dtype.itemsize:
+        raise WireError(f"array frame is {len(payload)} bytes, expected "
+                        f"{math.prod(expect.shape)} x {dtype.itemsize}", header=h)
+    array = np.frombuffer(payload, dtype=dtype).reshape(expect.shape)
+    if not np.isfinite(array).all():
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        raise WireError(f"array has {bad} non-finite values (NaN/inf)", header=h)
+    return Message(kind, sender, r, h, array)

@@ -1,0 +1,45 @@
+"""The ``p2pntk`` command line: one subcommand per user task, each in ``predictor/commands/``.
+
+User errors (UserError, a missing file) print one line ``p2pntk: error: ...`` and exit with
+status 2, without a traceback. Ctrl-C exits with 130 after the commands have cleaned up.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from firmware_profiles.errors import UserError
+
+# Each module defines register(subparsers) which sets ``func`` on its parser.
+COMMAND_MODULES = [
+    "predictor.commands.simulate",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="p2pntk",
+        description="Peer-to-peer training of wide networks over ZeroMQ, with NTK forecasts of every agent's loss.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        print(f"p2pntk: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("p2pntk: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""``p2pntk simulate``: all agents in one process on the real model; writes the results JSON."""
+from __future__ import annotations
+
+import sys
+
+from agent.simulator import simulate
+from agent.swarm import Swarm
+from coordinator_free.fileio import write_json
+from coordinator_free.progress import ProgressBar
+from predictor.commands import add_spec_args, loss_table, spec_from_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("simulate", help="train every agent in one process (real nonlinear model)",
+                       description="Run the swarm in one process and write train/test loss per agent per round.")
+    add_spec_args(p, "runs/simulate.json")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    spec = spec_from_args(args)
+    swarm = Swarm.from_spec(spec)
+    if args.save_problem:
+        swarm.save_problem(args.save_problem)
+    bar = ProgressBar(spec["train"]["rounds"], "simulate", enabled=not args.quiet)
+    results = simulate(swarm, progress=lambda k, total: bar.update(k))
+    bar.close()
+    write_json(args.out, results)
+    if not args.quiet:
+        t = spec["train"]
+        print(f"simulate: {swarm.n_agents} agents, {spec['network']['topology']}, {t['algorithm'].upper()} "
+              f"lr={t['lr']}, {t['rounds']} rounds, P={swarm.cfg.num_params} ({t['dtype']}), "
+              f"{results['timings']['total_s']:.2f}s")
+        print(loss_table(results))
+        if results["diverged_at_round"] is not None:
+            print(f"warning: parameters diverged at round {results['diverged_at_round']}; lower train.lr",
+                  file=sys.stderr)
+    print(f"wrote {args.out}" + (f" and {args.save_problem}" if args.save_problem else ""))
+    return 0
