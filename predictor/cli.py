@@ -14,6 +14,7 @@ from firmware_profiles.errors import UserError
 # Each module defines register(subparsers) which sets ``func`` on its parser.
 COMMAND_MODULES = [
     "predictor.commands.simulate",
+    "predictor.commands.profiles",
 ]
 
 
