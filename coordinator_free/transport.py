@@ -1,0 +1,391 @@
+"""ZeroMQ transport between graph neighbours: handshake, synchronous rounds with deadlines, BYE.
+
+No coordinator: each agent binds one socket and connects one to each neighbour (DESIGN section 7).
+
+Socket pattern: PUSH/PULL. Each agent binds one PULL socket on its own address and keeps one
+PUSH socket connected to each neighbour. Data flows one way per socket, so no identities or
+envelopes are needed (ROUTER/DEALER would add both for nothing): the sender id is in the header
+and checked against the neighbour set. One PUSH per neighbour keeps the peers' queues apart, so
+a dead peer never delays a live one. Every send is non-blocking (NOBLOCK) with IMMEDIATE=1, so
+nothing queues for a peer that is not connected, and a small high-water mark: a full queue drops
+the message and counts it instead of blocking. Sockets close with a bounded linger (LINGER_MS).
+
+Handshake: HELLO carries the ids this agent has heard from. An agent is done when it has every
+neighbour's HELLO, every neighbour's HELLO lists it, and it has sent each neighbour a HELLO
+listing that neighbour, so both ends know the other is up. A non-reply HELLO is always answered
+with a reply HELLO (also during `exchange`), so a peer still waiting for our confirmation gets
+it; replies are never answered, so there is no ping-pong.
+
+Deadlines: a neighbour silent past a round's deadline is suspected. A neighbour that is late
+only because it is itself waiting (on a dead peer, or still in its handshake) is not: while
+blocked in `exchange` an agent sends a small heartbeat (a reply HELLO) every deadline/4, as it
+does to finished peers every 0.2 s during its handshake, and a missing neighbour heard from
+within deadline/2 gets extra time (up to MAX_WAIT x deadline; so use deadlines > 0.4 s). Without this, one dead agent
+would make its neighbours late, their neighbours would suspect them, and so on: a cascade.
+
+Suspicion is final for the run: a suspected neighbour is no longer sent to or waited for, and
+its later messages are dropped. Because we stop sending, it misses our next message and
+suspects us too, so the live graph is symmetric again one round later (rejoin is future work,
+DESIGN section 7). A peer that sends BYE leaves the live set without suspicion.
+
+A Transport is not thread-safe: use it from one thread. Received arrays are read-only views of
+the ZeroMQ frames (no copy); copy them before writing.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import socket
+import time
+
+import numpy as np
+import zmq
+
+from coordinator_free.wire import MAX_HEADER_BYTES, Expect, WireError, decode, encode
+from firmware_profiles.errors import UserError
+
+ROUND_WINDOW = 8  # params for rounds up to current + ROUND_WINDOW are buffered; later ones dropped
+HWM = ROUND_WINDOW + 2  # messages queued per peer and direction before sends are dropped
+SNAPSHOTS = 3  # snapshot buffers kept for reuse once ZeroMQ is done sending them
+MAX_WAIT = 3  # a live-but-late neighbour is waited for at most MAX_WAIT x deadline
+LINGER_MS = 500  # how long close() may wait for queued messages (e.g. BYE) to go out
+_HELLO_KEYS = {"v", "type", "sender", "round", "model_hash", "spec_hash", "degree", "heard",
+               "reply", "algorithm", "dtype", "shape"}
+
+
+def free_tcp_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that was free a moment ago on `host`.
+
+    Racy: another process may take the port between this probe and the bind. Where possible bind
+    to "tcp://HOST:*" instead and publish `Transport.endpoint`; otherwise retry on the UserError
+    that Transport raises when its bind fails.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class Transport:
+    """One agent's sockets: a PULL bound at `bind` and a PUSH to each neighbour in `peers`.
+
+    `bind` is e.g. "tcp://127.0.0.1:5555", "tcp://*:5555" or "tcp://127.0.0.1:*" (random port;
+    read `endpoint`). `peers` maps neighbour id -> "tcp://host:port". Counters: `bytes_sent`,
+    `bytes_received` (header + payload, every message), `wait_seconds` (blocked in exchange),
+    `last_round_stats`, `dropped` (last 1000 (category, reason) pairs) and `drop_counts`.
+    """
+
+    def __init__(self, node_id: int, bind: str, peers: dict[int, str], *, model_hash: str,
+                 spec_hash: str, algorithm: str, dtype: str, shape: tuple[int, ...],
+                 logger: logging.Logger | None = None, context: zmq.Context | None = None):
+        if node_id in peers:
+            raise UserError(f"node {node_id} lists itself among its peers")
+        if dtype not in ("float32", "float64"):
+            raise UserError(f"dtype {dtype!r} is not float32 or float64")
+        self.node_id, self.peers = node_id, {int(p): a for p, a in peers.items()}
+        self.model_hash, self.spec_hash, self.algorithm = model_hash, spec_hash, algorithm
+        self.dtype, self.shape = np.dtype(dtype), tuple(int(n) for n in shape)
+        self.log = logger or logging.getLogger(__name__)
+        self.suspected: set[int] = set()
+        self.departed: set[int] = set()
+        self.dropped: collections.deque[tuple[str, str]] = collections.deque(maxlen=1000)
+        self.drop_counts: collections.Counter[str] = collections.Counter()
+        self.bytes_sent = self.bytes_received = 0
+        self.wait_seconds = 0.0
+        self.last_round_stats: dict = {}
+        self._round = 0  # params for rounds below this are stale
+        self._pending: dict[int, dict[int, np.ndarray]] = collections.defaultdict(dict)
+        self._hellos: dict[int, dict] = {}
+        self._mismatch: dict[int, str] = {}
+        self._acked: set[int] = set()  # peers whose HELLO lists us
+        self._told: set[int] = set()  # peers we have sent a HELLO listing them
+        self._last_heard: dict[int, float] = {}  # monotonic time of each peer's last valid message
+        self._snapshots: list[tuple[np.ndarray, list[zmq.MessageTracker]]] = []
+        self._handshaking, self._said_bye, self._closed = False, False, False
+        self._degree, self._extra = len(self.peers), {}
+        self._own_context = context is None
+        self._ctx = context or zmq.Context()
+        self._push: dict[int, zmq.Socket] = {}
+        self._pull = self._ctx.socket(zmq.PULL)
+        try:
+            self._pull.setsockopt(zmq.LINGER, 0)
+            self._pull.setsockopt(zmq.RCVHWM, HWM)
+            # Frames larger than a float64 model cannot be valid; ZeroMQ disconnects such a peer.
+            self._pull.setsockopt(zmq.MAXMSGSIZE, max(8 * math.prod(self.shape), MAX_HEADER_BYTES))
+            try:
+                self._pull.bind(bind)
+            except zmq.ZMQError as e:
+                raise UserError(f"node {node_id}: cannot bind {bind}: {e}") from None
+            self.endpoint: str = self._pull.getsockopt(zmq.LAST_ENDPOINT).decode()
+            for pid, addr in sorted(self.peers.items()):
+                push = self._push[pid] = self._ctx.socket(zmq.PUSH)
+                push.setsockopt(zmq.SNDHWM, HWM)
+                push.setsockopt(zmq.IMMEDIATE, 1)
+                push.setsockopt(zmq.LINGER, LINGER_MS)
+                try:
+                    push.connect(addr)
+                except zmq.ZMQError as e:
+                    raise UserError(f"node {node_id}: bad address {addr!r} for peer {pid}: {e}") \
+                        from None
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def live(self) -> set[int]:
+        """Neighbours neither suspected nor departed: the ones sent to and waited for."""
+        return set(self.peers) - self.suspected - self.departed
+
+    # -- handshake ---------------------------------------------------------------------------
+    def handshake(self, degree: int, timeout: float, extra: dict | None = None) -> dict[int, dict]:
+        """Exchange HELLOs (id, degree, model hash, spec hash, `extra`) with every neighbour.
+
+        Returns neighbour id -> its HELLO header (with "degree" and the neighbour's `extra` keys).
+        Raises UserError on a model or spec hash mismatch (naming the peer and both hashes) or
+        when `timeout` seconds pass without all neighbours (the message names the missing ones).
+        """
+        extra = dict(extra or {})
+        if clash := _HELLO_KEYS & extra.keys():
+            raise ValueError(f"handshake extra uses reserved keys {sorted(clash)}")
+        self._degree, self._extra = int(degree), extra
+        end, resend, interval = time.monotonic() + timeout, 0.0, 0.01
+        self._handshaking = True
+        try:
+            while True:
+                needed = set(self.peers) - self.departed
+                done = needed <= self._hellos.keys() | self._mismatch.keys() and \
+                    needed <= self._acked & self._told
+                if done or time.monotonic() >= end:
+                    break
+                if time.monotonic() >= resend:  # peers already done get a heartbeat (reply)
+                    for pid in sorted(needed):
+                        self._say_hello(pid, reply=pid in self._acked & self._told)
+                    interval = min(2 * interval, 0.2)  # fast while peers start, then gentle
+                    resend = time.monotonic() + interval
+                self._pump(min(resend, end) - time.monotonic())
+        finally:
+            self._handshaking = False
+        if self._mismatch:
+            raise UserError("; ".join(self._mismatch[p] for p in sorted(self._mismatch)))
+        if not done:
+            silent = sorted(needed - self._hellos.keys())
+            unconfirmed = sorted(needed - (self._acked & self._told) - set(silent))
+            parts = [f"no HELLO from {self._names(silent)}"] if silent else []
+            parts += [f"{self._names(unconfirmed)} never confirmed ours"] if unconfirmed else []
+            raise UserError(f"node {self.node_id}: handshake timed out after {timeout:g} s: "
+                            f"{'; '.join(parts)}. Are those agents running at those addresses?")
+        return {pid: self._hellos[pid] for pid in sorted(needed)}
+
+    def _names(self, ids: list[int]) -> str:
+        return ", ".join(f"peer {p} ({self.peers[p]})" for p in ids)
+
+    def _say_hello(self, pid: int, reply: bool) -> None:
+        """Send a HELLO to `pid`; once one listing `pid` is queued on a live connection, `pid` is
+        in `_told` (a reply lost to a not-yet-connected socket is retried, not forgotten)."""
+        heard = sorted(self._hellos.keys() | self._mismatch.keys())
+        frames = encode({**self._extra, "type": "hello", "sender": self.node_id,
+                         "model_hash": self.model_hash, "spec_hash": self.spec_hash,
+                         "degree": self._degree, "heard": heard, "reply": reply})
+        if self._send(pid, frames, quiet=True) and pid in heard:
+            self._told.add(pid)
+
+    def _on_hello(self, sender: int, h: dict, problem: str | None) -> None:
+        if problem is None and h["spec_hash"] != self.spec_hash:
+            problem = (f"spec hash {h['spec_hash']!r:.80} but ours is {self.spec_hash!r}; all "
+                       f"agents must run the same experiment spec")
+        if problem is not None and not self._handshaking:
+            self._drop("invalid", f"HELLO from peer {sender}: {problem}", logging.WARNING)
+            return
+        if problem is not None:
+            self._mismatch[sender] = f"node {self.node_id}: peer {sender} ({self.peers[sender]}) " \
+                                     f"has {problem}"
+        else:
+            self._hellos[sender] = h
+        if isinstance(h.get("heard"), list) and self.node_id in h["heard"]:
+            self._acked.add(sender)
+        if h.get("reply") is not True and sender in self.live:
+            self._say_hello(sender, reply=True)
+
+    # -- rounds ------------------------------------------------------------------------------
+    def exchange(self, round: int, array: np.ndarray, deadline: float, *,
+                 copy: bool = True) -> dict[int, np.ndarray]:
+        """Send `array` as round `round` to every live neighbour, then collect their round-`round`
+        params for at most `deadline` seconds (counted from this call; see the module docstring
+        for the extra time given to neighbours that are alive but late).
+
+        Returns neighbour id -> read-only array (shape `shape`, dtype `dtype`). Neighbours that
+        miss the deadline join `suspected`. Sends are zero-copy, so ZeroMQ may still be reading
+        the sent buffer after this returns: with `copy=True` (default) that buffer is a private
+        snapshot (one memcpy into a reused buffer, shared by all neighbours) and the caller may
+        overwrite `array` at once. `copy=False` sends `array` itself; then never modify it in place afterwards (a
+        fresh array per round, as the pure update rules produce, is safe).
+        """
+        if self._closed:
+            raise RuntimeError(f"node {self.node_id}: exchange on a closed transport")
+        if not isinstance(round, int) or round < self._round:
+            raise ValueError(f"round {round!r}: rounds must be ints >= {self._round}")
+        if array.dtype != self.dtype or array.shape != self.shape:
+            raise ValueError(f"exchange got {array.dtype} {list(array.shape)}, transport carries "
+                             f"{self.dtype} {list(self.shape)}")
+        start = time.monotonic()
+        sent0, recv0, drops0 = self.bytes_sent, self.bytes_received, sum(self.drop_counts.values())
+        self._round = round
+        for old in [r for r in self._pending if r < round]:
+            del self._pending[old]
+        trackers = None
+        if copy:
+            array, trackers = self._snapshot(array)
+        frames = encode({"type": "params", "sender": self.node_id, "round": round,
+                         "algorithm": self.algorithm, "model_hash": self.model_hash}, array)
+        for pid in sorted(self.live):
+            self._send(pid, frames, trackers=trackers)
+        waiting = time.monotonic()
+        self._collect(round, start, deadline)
+        waited = time.monotonic() - waiting
+        self.wait_seconds += waited
+        got = {p: a for p, a in sorted(self._pending.pop(round).items())
+               if p not in self.suspected}  # buffered before the sender became suspected
+        late = sorted(self.live - got.keys())
+        for pid in late:
+            self.log.warning("node %d: peer %d (%s) missed the %.3g s deadline of round %d; "
+                             "suspected from now on", self.node_id, pid, self.peers[pid], deadline,
+                             round)
+        self.suspected.update(late)
+        self.last_round_stats = {
+            "round": round, "bytes_sent": self.bytes_sent - sent0,
+            "bytes_received": self.bytes_received - recv0, "wait_seconds": waited,
+            "seconds": time.monotonic() - start, "received_from": sorted(got),
+            "newly_suspected": late, "dropped": sum(self.drop_counts.values()) - drops0}
+        return got
+
+    def _snapshot(self, array: np.ndarray) -> tuple[np.ndarray, list[zmq.MessageTracker]]:
+        """Copy `array` into a buffer ZeroMQ no longer reads (its send trackers are done).
+
+        Reusing warm buffers avoids paging in fresh memory every round; a buffer still queued
+        for a slow peer is left alone and a new one is used.
+        """
+        for buf, trackers in self._snapshots:
+            if all(t.done for t in trackers):
+                break
+        else:
+            buf, trackers = np.empty(self.shape, self.dtype.newbyteorder("<")), []
+            if len(self._snapshots) < SNAPSHOTS:
+                self._snapshots.append((buf, trackers))
+        np.copyto(buf, array)
+        trackers.clear()
+        return buf, trackers
+
+    def _collect(self, round: int, start: float, deadline: float) -> None:
+        """Pump until every live neighbour's round-`round` params are in, or the deadline.
+
+        Past the deadline, keep waiting (up to MAX_WAIT x deadline) for missing neighbours heard
+        from in the last deadline/2: they are alive, blocked on a dead peer of their own, and
+        send heartbeats (reply HELLOs) every deadline/4 while they wait, as we do here.
+        """
+        got, beat = self._pending[round], max(deadline / 4, 0.01)
+        end, hard_end, next_beat = start + deadline, start + MAX_WAIT * deadline, start + beat
+        while missing := self.live - got.keys():
+            now = time.monotonic()
+            if now >= end:
+                self._pump(0)  # take what has arrived before deciding
+                missing = self.live - got.keys()
+                if not missing or now >= hard_end or all(
+                        now - self._last_heard.get(p, -math.inf) >= deadline / 2 for p in missing):
+                    return
+            if now >= next_beat:
+                for pid in sorted(self.live):
+                    self._say_hello(pid, reply=True)
+                next_beat = now + beat
+            self._pump(min(next_beat, end if now < end else hard_end) - now)
+
+    def bye(self) -> None:
+        """Tell every live neighbour that we are leaving (they drop us without suspicion)."""
+        if not self._said_bye and not self._closed:
+            frames = encode({"type": "bye", "sender": self.node_id, "model_hash": self.model_hash})
+            for pid in sorted(self.live):
+                self._send(pid, frames, quiet=True)
+            self._said_bye = True
+
+    def close(self) -> None:
+        """Close the sockets, waiting at most LINGER_MS for queued messages to go out."""
+        if self._closed:
+            return
+        self._closed = True
+        for sock in [self._pull, *self._push.values()]:
+            sock.close(linger=LINGER_MS if sock is not self._pull else 0)
+        if self._own_context:
+            self._ctx.term()
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.bye()
+        finally:
+            self.close()
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def _send(self, pid: int, frames: list, quiet: bool = False,
+              trackers: list[zmq.MessageTracker] | None = None) -> bool:
+        """Queue `frames` for `pid` without blocking; append a send tracker to `trackers`."""
+        try:
+            tracker = self._push[pid].send_multipart(frames, flags=zmq.NOBLOCK, copy=False,
+                                                     track=trackers is not None)
+        except zmq.Again:
+            level = logging.DEBUG if quiet else logging.WARNING
+            self._drop("send", f"to peer {pid}: not connected or queue full", level)
+            return False
+        self.bytes_sent += sum(len(f) for f in frames)
+        if trackers is not None:
+            trackers.append(tracker)
+        return True
+
+    def _drop(self, category: str, reason: str, level: int) -> None:
+        self.dropped.append((category, reason))
+        self.drop_counts[category] += 1
+        self.log.log(level, "node %d: dropped message (%s): %s", self.node_id, category, reason)
+
+    def _pump(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for messages, then handle every one that has arrived."""
+        if not self._pull.poll(max(0, math.ceil(timeout * 1000))):
+            return
+        while True:
+            try:
+                frames = self._pull.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._handle(frames)
+
+    def _handle(self, frames: list) -> None:
+        self.bytes_received += sum(len(f) for f in frames)
+        expect = Expect(set(self.peers), self.model_hash, self.algorithm, {self.dtype.name},
+                        self.shape, 0, self._round + ROUND_WINDOW)
+        try:
+            msg = decode(frames, expect)
+        except WireError as e:
+            h = e.header or {}
+            if e.field == "model_hash" and h.get("type") == "hello":
+                problem = f"model hash {h['model_hash']!r:.80} but ours is {self.model_hash!r}; " \
+                          f"all agents must train the same model"
+                return self._on_hello(h["sender"], h, problem)
+            who = f"from peer {h['sender']}: " if isinstance(h.get("sender"), int) else ""
+            return self._drop("invalid", who + e.reason, logging.WARNING)
+        s = msg.sender
+        self._last_heard[s] = time.monotonic()
+        if msg.type == "hello":
+            self._on_hello(s, msg.header, None)
+        elif msg.type == "bye":
+            if s not in self.departed:
+                self.departed.add(s)
+                self.log.info("node %d: peer %d said BYE", self.node_id, s)
+        elif s in self.suspected or s in self.departed:
+            self._drop("not-live", f"round {msg.round} from peer {s}, no longer live", logging.DEBUG)
+        elif msg.round < self._round:
+            self._drop("stale", f"round {msg.round} from peer {s}, now at {self._round}",
+                       logging.DEBUG)
+        elif s in self._pending[msg.round]:
+            self._drop("duplicate", f"second round-{msg.round} message from peer {s}",
+                       logging.WARNING)
+        else:
+            self._pending[msg.round][s] = msg.array

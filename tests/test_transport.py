@@ -1,0 +1,280 @@
+"""Tests for coordinator_free.transport over real ZeroMQ sockets on 127.0.0.1 (threads, no mocks)."""
+import logging
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from coordinator_free.transport import Transport, free_tcp_port
+from coordinator_free.wire import encode
+from firmware_profiles.errors import UserError
+
+P = 1000
+KW = dict(model_hash="m0", spec_hash="s0", algorithm="dgd", shape=(P,))
+
+
+def value(node: int, rnd: int, dtype) -> np.ndarray:
+    """The params node `node` sends in round `rnd`: distinct, full-precision values."""
+    return np.random.default_rng(1000 * node + rnd).standard_normal(P).astype(dtype)
+
+
+def run_all(*fns, timeout: float = 20.0) -> tuple[list, list]:
+    """Run each fn in its own thread; return (results, exceptions), one entry per fn."""
+    results, errors = [None] * len(fns), [None] * len(fns)
+
+    def target(i):
+        try:
+            results[i] = fns[i]()
+        except BaseException as e:  # noqa: BLE001 - handed back to the test thread
+            errors[i] = e
+
+    threads = [threading.Thread(target=target, args=(i,), daemon=True) for i in range(len(fns))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+        assert not t.is_alive(), "a transport thread hung"
+    return results, errors
+
+
+@pytest.fixture
+def make():
+    """Factory for Transports that are all closed at teardown, even when the test fails (an
+    unclosed zmq.Context collected in a garbage cycle can hang the interpreter)."""
+    made = []
+
+    def factory(*args, **kw) -> Transport:
+        made.append(Transport(*args, **{**KW, "dtype": "float32", **kw}))
+        return made[-1]
+
+    yield factory
+    for t in made:
+        t.close()
+
+
+@pytest.fixture
+def raw():
+    """Factory for raw zmq sockets (PUSH connects, PULL binds), closed at teardown."""
+    ctx = zmq.Context()
+    socks = []
+
+    def factory(kind: int, endpoint: str) -> zmq.Socket:
+        socks.append(ctx.socket(kind))
+        socks[-1].connect(endpoint) if kind == zmq.PUSH else socks[-1].bind(endpoint)
+        return socks[-1]
+
+    yield factory
+    for sock in socks:
+        sock.close(linger=0)
+    ctx.term()
+
+
+def path_graph(make, n: int = 3, dtype: str = "float32") -> list[Transport]:
+    """Transports for the path 0-1-...-(n-1) on free loopback ports."""
+    addr = {i: f"tcp://127.0.0.1:{free_tcp_port()}" for i in range(n)}
+    nbrs = {i: [j for j in (i - 1, i + 1) if 0 <= j < n] for i in range(n)}
+    return [make(i, addr[i], {j: addr[j] for j in nbrs[i]}, dtype=dtype) for i in range(n)]
+
+
+def params(sender: int, rnd: int, array: np.ndarray, **kw) -> list:
+    header = {"type": "params", "sender": sender, "round": rnd, "algorithm": "dgd",
+              "model_hash": "m0", **kw}
+    return [bytes(f) for f in encode(header, array)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_path_graph_handshake_and_five_rounds_exact(make, dtype):
+    ts = path_graph(make, 3, dtype)
+
+    def agent(t: Transport):
+        with t:
+            hellos = t.handshake(len(t.peers), timeout=5, extra={"device": f"board{t.node_id}"})
+            got = []
+            for k in range(5):
+                if t.node_id == 2:
+                    time.sleep(0.05)  # node 1 waits for 2 while 0 already sends round k+1
+                got.append(t.exchange(k, value(t.node_id, k, dtype), deadline=5))
+            return hellos, got, t.last_round_stats, t.suspected
+
+    results, errors = run_all(*[lambda t=t: agent(t) for t in ts])
+    assert errors == [None] * 3
+    for i, (hellos, got, stats, suspected) in enumerate(results):
+        nbrs = [j for j in (i - 1, i + 1) if 0 <= j < 3]
+        assert sorted(hellos) == nbrs and not suspected
+        for j in nbrs:
+            assert hellos[j]["degree"] == len([n for n in (j - 1, j + 1) if 0 <= n < 3])
+            assert hellos[j]["device"] == f"board{j}"
+        for k in range(5):
+            assert sorted(got[k]) == nbrs
+            for j in nbrs:
+                assert got[k][j].dtype == np.dtype(dtype)
+                assert got[k][j].tobytes() == value(j, k, dtype).tobytes()
+        payload = P * np.dtype(dtype).itemsize
+        assert stats["round"] == 4 and stats["bytes_sent"] >= len(nbrs) * payload
+        assert stats["received_from"] == nbrs
+        assert ts[i].bytes_received >= 5 * len(nbrs) * payload
+
+
+def test_early_message_is_buffered_and_delivered(make, raw):
+    t = make(1, "tcp://127.0.0.1:*", {0: f"tcp://127.0.0.1:{free_tcp_port()}"})
+    push = raw(zmq.PUSH, t.endpoint)  # impersonates node 0
+    push.send_multipart(params(0, 1, value(0, 1, np.float32)))  # round 1 before round 0
+    push.send_multipart(params(0, 0, value(0, 0, np.float32)))
+    got0 = t.exchange(0, value(1, 0, np.float32), deadline=5)
+    got1 = t.exchange(1, value(1, 1, np.float32), deadline=0)  # no waiting: already buffered
+    assert got0[0].tobytes() == value(0, 0, np.float32).tobytes()
+    assert got1[0].tobytes() == value(0, 1, np.float32).tobytes()
+    assert not t.suspected
+
+
+def test_caller_may_overwrite_array_right_after_exchange(make, raw):
+    n = 1_000_000  # big enough that ZeroMQ is still sending when exchange returns
+    peer = f"tcp://127.0.0.1:{free_tcp_port()}"
+    pull = raw(zmq.PULL, peer)  # plays node 1
+    t = make(0, "tcp://127.0.0.1:*", {1: peer}, shape=(n,))
+    raw(zmq.PUSH, t.endpoint).send_multipart(encode(
+        {"type": "hello", "sender": 1, "model_hash": "m0", "spec_hash": "s0", "degree": 1,
+         "heard": [0], "reply": True}))
+    t.handshake(1, timeout=5)
+    a = np.arange(n, dtype=np.float32)
+    t.exchange(0, a, deadline=0)
+    a[:] = -1.0  # the snapshot, not this buffer, is on the wire
+    while len(frames := pull.recv_multipart()) != 2:
+        pass  # skip HELLOs
+    np.testing.assert_array_equal(np.frombuffer(frames[1], np.float32), np.arange(n))
+
+
+def test_silent_peer_is_suspected_and_others_continue(make):
+    ts = path_graph(make, 3)
+
+    def agent(t: Transport):
+        with t:
+            t.handshake(len(t.peers), timeout=5)
+            got = []
+            for k in range(5):
+                if t.node_id == 2 and k == 2:
+                    time.sleep(0.6)  # stops sending; stays up until node 1 has given up
+                    return got, set()
+                got.append(t.exchange(k, value(t.node_id, k, np.float32), deadline=0.3 if k else 5))
+                got[-1] = (sorted(got[-1]), t.last_round_stats["wait_seconds"])
+            return got, t.suspected
+
+    results, errors = run_all(*[lambda t=t: agent(t) for t in ts])
+    assert errors == [None] * 3
+    (got0, sus0), (got1, sus1), _ = results
+    assert [g[0] for g in got0] == [[1]] * 5 and not sus0
+    assert [g[0] for g in got1] == [[0, 2], [0, 2], [0], [0], [0]] and sus1 == {2}
+    assert got1[2][1] >= 0.25  # round 2 waited out the deadline for node 2 ...
+    assert got1[3][1] < 0.25 and got1[4][1] < 0.25  # ... later rounds no longer wait for it
+
+
+def test_peer_still_in_handshake_is_not_suspected(make):
+    """Node 2 starts late: node 1 stays in its handshake, node 0 (done) waits in round 0 past
+    its deadline because node 1's handshake heartbeats show it is alive."""
+    ts = path_graph(make, 3)
+
+    def agent(t: Transport):
+        if t.node_id == 2:
+            time.sleep(0.7)
+        t.handshake(len(t.peers), timeout=5)
+        got = t.exchange(0, value(t.node_id, 0, np.float32), deadline=0.5)
+        return sorted(got), set(t.suspected)
+
+    results, errors = run_all(*[lambda t=t: agent(t) for t in ts])
+    assert errors == [None] * 3
+    assert results == [([1], set()), ([0, 2], set()), ([1], set())]
+
+
+def test_malformed_messages_are_dropped_and_logged(make, raw, caplog):
+    addr2 = f"tcp://127.0.0.1:{free_tcp_port()}"  # node 2 is impersonated by raw sockets
+    t1 = make(1, "tcp://127.0.0.1:*", {0: f"tcp://127.0.0.1:{free_tcp_port()}", 2: addr2})
+    t0 = make(0, t1.peers[0], {1: t1.endpoint})
+    raw(zmq.PULL, addr2)  # so that t1 can deliver its HELLOs to "node 2"
+    push = raw(zmq.PUSH, t1.endpoint)
+    push.send_multipart(encode({"type": "hello", "sender": 2, "model_hash": "m0", "spec_hash": "s0",
+                                "degree": 1, "heard": [1], "reply": True}))
+    _, errors = run_all(lambda: t0.handshake(1, timeout=5), lambda: t1.handshake(2, timeout=5))
+    assert errors == [None, None]
+    good = value(2, 0, np.float32)
+    push.send(b"\x00\xffgarbage")
+    push.send_multipart(params(2, 0, np.full(P, np.nan, np.float32)))
+    push.send_multipart(params(2, 0, np.zeros(P + 1, np.float32)))
+    push.send_multipart(params(2, 0, good, model_hash="evil"))
+    push.send_multipart(params(7, 0, good))
+    push.send_multipart(params(2, 0, good))  # the real one, last: ZeroMQ keeps order per pipe
+
+    caplog.set_level(logging.WARNING, logger="coordinator_free.transport")
+    results, errors = run_all(lambda: t0.exchange(0, value(0, 0, np.float32), deadline=5),
+                              lambda: t1.exchange(0, value(1, 0, np.float32), deadline=5))
+    assert errors == [None, None] and not t0.suspected
+    assert results[0][1].tobytes() == value(1, 0, np.float32).tobytes()
+    assert results[1][0].tobytes() == value(0, 0, np.float32).tobytes()
+    assert results[1][2].tobytes() == good.tobytes()
+    assert t1.drop_counts["invalid"] == 5 and not t1.suspected
+    reasons = [r for _, r in t1.dropped]
+    for part in ["not valid UTF-8", f"{P} non-finite values", f"shape [{P + 1}] != model shape",
+                 "model hash 'evil' != ours 'm0'", "sender 7 is not a neighbour"]:
+        assert any(part in r for r in reasons), part
+        assert any(part in rec.getMessage() and rec.levelno == logging.WARNING
+                   for rec in caplog.records), part
+
+
+@pytest.mark.parametrize("which", ["model_hash", "spec_hash"])
+def test_hash_mismatch_at_handshake_is_a_user_error(make, which):
+    a0, a1 = (f"tcp://127.0.0.1:{free_tcp_port()}" for _ in range(2))
+    t0, t1 = make(0, a0, {1: a1}), make(1, a1, {0: a0}, **{which: "other"})
+    start = time.monotonic()
+    _, errors = run_all(lambda: t0.handshake(1, timeout=5), lambda: t1.handshake(1, timeout=5))
+    assert time.monotonic() - start < 4  # both sides learn of it at once, not at the timeout
+    label = which.replace("_", " ")
+    for e in errors:
+        assert isinstance(e, UserError)
+        assert f"{label} 'other'" in str(e) or f"{label} 'm0'" in str(e) or \
+            f"{label} 's0'" in str(e)
+        assert "ours is" in str(e)
+    assert "peer 1" in str(errors[0]) and "'other'" in str(errors[0])
+
+
+def test_handshake_timeout_names_missing_peer(make):
+    missing = f"tcp://127.0.0.1:{free_tcp_port()}"
+    t = make(0, "tcp://127.0.0.1:*", {3: missing})
+    with pytest.raises(UserError, match=rf"no HELLO from peer 3 \({missing}\)"):
+        t.handshake(1, timeout=0.3)
+
+
+def test_bye_removes_peer_without_suspicion(make):
+    ts = path_graph(make, 3)
+
+    def agent(t: Transport):
+        with t:
+            t.handshake(len(t.peers), timeout=5)
+            for k in range(4):
+                if t.node_id == 2 and k == 2:
+                    t.bye()
+                    return None
+                got = t.exchange(k, value(t.node_id, k, np.float32), deadline=5)
+                if k == 2:
+                    state = sorted(got), set(t.departed), set(t.suspected), set(t.live)
+            return state
+
+    start = time.monotonic()
+    results, errors = run_all(*[lambda t=t: agent(t) for t in ts])
+    assert errors == [None] * 3 and time.monotonic() - start < 4
+    assert results[1] == ([0], {2}, set(), {0})  # round 2: 2 has left, nobody suspected
+    assert results[0] == ([1], set(), set(), {1})
+
+
+def test_bad_inputs_are_user_errors(make):
+    with pytest.raises(UserError, match="lists itself"):
+        make(0, "tcp://127.0.0.1:*", {0: "tcp://127.0.0.1:1"})
+    with pytest.raises(UserError, match="bad address 'nonsense' for peer 1"):
+        make(0, "tcp://127.0.0.1:*", {1: "nonsense"})
+    with pytest.raises(UserError, match="dtype 'float16'"):
+        make(0, "tcp://127.0.0.1:*", {}, dtype="float16")
+    t = make(0, "tcp://127.0.0.1:*", {})
+    with pytest.raises(UserError, match=f"cannot bind {t.endpoint}"):
+        make(1, t.endpoint, {})
+    with pytest.raises(ValueError, match="float64"):
+        t.exchange(0, np.zeros(P), deadline=0)

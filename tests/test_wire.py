@@ -1,0 +1,130 @@
+"""Tests for coordinator_free.wire: exact round trips and one precise WireError per malformed case."""
+import json
+
+import numpy as np
+import pytest
+
+from coordinator_free.wire import PROTOCOL_VERSION, Expect, WireError, decode, encode
+
+SHAPE = (12,)
+
+
+def expect(**kw) -> Expect:
+    base = dict(neighbours={0, 2}, model_hash="m0", algorithm="dgd",
+                dtypes={"float32", "float64"}, shape=SHAPE, round_lo=3, round_hi=11)
+    return Expect(**{**base, **kw})
+
+
+def params_header(**kw) -> dict:
+    return {"type": "params", "sender": 2, "round": 5, "algorithm": "dgd", "model_hash": "m0", **kw}
+
+
+def frames(array=None, **kw) -> list:
+    """Encoded params frames as the receiver gets them off the wire (bytes)."""
+    array = np.arange(12, dtype=np.float32) if array is None else array
+    return [bytes(f) for f in encode(params_header(**kw), array)]
+
+
+def raw(header: dict, payload: bytes = bytes(48)) -> list:
+    return [json.dumps(header).encode(), payload]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_round_trip_is_exact(dtype):
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(SHAPE).astype(dtype) * np.array(1e30, dtype)  # exercise all bits
+    fr = encode(params_header(), a)
+    assert json.loads(fr[0]) == {**params_header(), "v": PROTOCOL_VERSION,
+                                 "dtype": np.dtype(dtype).name, "shape": [12]}
+    assert isinstance(fr[1], memoryview) and fr[1].nbytes == a.nbytes  # not a copy
+    assert np.shares_memory(np.frombuffer(fr[1], dtype), a)
+    msg = decode([bytes(f) for f in fr], expect())
+    assert (msg.type, msg.sender, msg.round) == ("params", 2, 5)
+    assert msg.array.dtype == dtype and msg.array.tobytes() == a.tobytes()
+    assert not msg.array.flags.writeable  # read-only view of the received bytes
+
+
+def test_big_endian_input_goes_out_little_endian():
+    a = np.arange(12, dtype=">f8")
+    msg = decode([bytes(f) for f in encode(params_header(), a)], expect())
+    assert msg.array.dtype == np.dtype("<f8")
+    np.testing.assert_array_equal(msg.array, np.arange(12.0))
+
+
+def test_hello_and_bye_round_trip():
+    hello = {"type": "hello", "sender": 0, "model_hash": "m0", "spec_hash": "s", "degree": 2,
+             "heard": [1], "reply": False, "device": "pi4"}
+    msg = decode(encode(hello), expect())
+    assert (msg.type, msg.sender, msg.round, msg.array) == ("hello", 0, -1, None)
+    assert msg.header["device"] == "pi4" and msg.header["degree"] == 2
+    msg = decode(encode({"type": "bye", "sender": 2, "model_hash": "m0"}), expect())
+    assert (msg.type, msg.sender) == ("bye", 2)
+
+
+BAD = {
+    "garbage bytes": ([b"\xff\xfe\x00garbage", bytes(48)], "not valid UTF-8"),
+    "non-JSON": ([b"{type: params", bytes(48)], "not valid JSON"),
+    "not an object": ([b"[1, 2]", bytes(48)], "not an object"),
+    "empty": ([], "empty message"),
+    "wrong version": (raw({**params_header(), "v": 2, "dtype": "float32", "shape": [12]}),
+                      "protocol version 2 != ours 1"),
+    "missing version": (raw({**params_header(), "dtype": "float32", "shape": [12]}),
+                        "missing header field 'v'"),
+    "unknown type": (raw({**params_header(type="gossip"), "v": 1}), "unknown message type 'gossip'"),
+    "unknown sender": (frames(sender=7), "sender 7 is not a neighbour [0, 2]"),
+    "bool sender": (frames(sender=True), "'sender' must be int, got bool"),
+    "wrong model hash": (frames(model_hash="m1"), "model hash 'm1' != ours 'm0'"),
+    "wrong algorithm": (frames(algorithm="atc"), "algorithm 'atc' != ours 'dgd'"),
+    "wrong shape": (frames(np.zeros(10, np.float32)), "shape [10] != model shape [12]"),
+    "2-D shape": (frames(np.zeros((12, 1), np.float32)), "shape [12, 1] != model shape [12]"),
+    "wrong dtype": (frames(np.zeros(12, np.float16)), "dtype 'float16' not allowed"),
+    "object dtype": (raw({**params_header(), "v": 1, "dtype": "object", "shape": [12]}),
+                     "dtype 'object' not allowed"),
+    "byte length": (raw({**params_header(), "v": 1, "dtype": "float32", "shape": [12]}, bytes(47)),
+                    "array frame is 47 bytes, expected 12 x 4"),
+    "NaN": (frames(np.array([0.0] * 11 + [np.nan], np.float32)), "1 non-finite values"),
+    "inf": (frames(np.array([np.inf, -np.inf] + [0.0] * 10)), "2 non-finite values"),
+    "round too old": (frames(round=2), "round 2 outside window [3, 11]"),
+    "round too new": (frames(round=12), "round 12 outside window [3, 11]"),
+    "string round": (frames(round="5"), "'round' must be int, got str"),
+    "extra frame": (frames() + [b"x"], "params message has 3 frames, expected 2"),
+    "missing array": (frames()[:1], "params message has 1 frames, expected 2"),
+    "hello with array": (encode({"type": "hello", "sender": 0, "model_hash": "m0"}) + [b"x"],
+                         "hello message has 2 frames, expected 1"),
+    "hello without degree": (encode({"type": "hello", "sender": 0, "model_hash": "m0",
+                                     "spec_hash": "s", "heard": []}), "missing header field 'degree'"),
+    "huge header": ([b" " * 70000 + b"{}", bytes(48)], "over the 65536-byte cap"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_malformed_message_raises_precise_reason(case):
+    fr, reason = BAD[case]
+    with pytest.raises(WireError) as info:
+        decode(fr, expect())
+    assert reason in info.value.reason and reason in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_non_finite_value_is_caught(dtype):
+    """The fast finiteness check (a BLAS dot) must see NaN/inf at any position and length."""
+    for n in (1, 7, 12, 33, 4099):
+        for pos in {0, n // 2, n - 1}:
+            for bad in (np.nan, np.inf, -np.inf):
+                a = np.ones(n, dtype)
+                a[pos] = bad
+                fr = [bytes(f) for f in encode(params_header(), a)]
+                with pytest.raises(WireError, match="1 non-finite values"):
+                    decode(fr, expect(shape=(n,)))
+
+
+def test_huge_finite_values_are_accepted():
+    a = np.full(12, 3e38, np.float32)  # the sum of squares overflows; the values are finite
+    msg = decode(frames(a), expect())
+    assert msg.array.tobytes() == a.tobytes()
+
+
+def test_wire_error_names_field_and_keeps_header():
+    with pytest.raises(WireError) as info:
+        decode(frames(model_hash="m1"), expect())
+    assert info.value.field == "model_hash" and info.value.header["sender"] == 2
