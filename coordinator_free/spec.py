@@ -103,6 +103,20 @@ def _batch(key: str, value: Any) -> str | int:
     raise UserError(f"{key} = {value!r}: expected \"full\" or a positive integer")
 
 
+def _names(key: str, value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise UserError(f"{key} = {value!r}: expected a list of profile names, e.g. [\"raspberry-pi-4b\"]")
+    return value
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise UserError(f"{key} = {value!r}: expected true or false")
+    return value
+
+
 SCHEMA: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any]]]] = {
     "data": {
         "name": ("digits", _data_name),
@@ -134,6 +148,13 @@ SCHEMA: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any]]]] = {
         "batch": ("full", _batch),
         "dtype": ("float32", _one_of("float32", "float64")),
         "kernels": ("numpy", _one_of("numpy", "onnx")),
+    },
+    # Device profiles (firmware_profiles), cycled over the agents; loopback emulates them if emulate.
+    "device": {
+        "profiles": ([], _names),
+        "emulate": (False, _bool),
+        "link_mbit": (0.0, _float(0.0, strict=False)),   # 0: the profile's own link
+        "latency_ms": (0.0, _float(0.0, strict=False)),
     },
 }
 
@@ -214,7 +235,15 @@ def _anchor_paths(spec: Spec, base: Path) -> None:
 
 
 def spec_hash(spec: Spec) -> str:
-    """Hash of the resolved spec; agents refuse a neighbour whose swarm spec differs."""
+    """Hash of the resolved spec; agents refuse a neighbour whose swarm spec differs.
+
+    File paths count by their file name only, since each device keeps its files in its own folder.
+    """
+    spec = copy.deepcopy(spec)
+    if spec["data"]["name"].endswith(".npz"):
+        spec["data"]["name"] = Path(spec["data"]["name"]).name
+    if spec["network"]["topology"].startswith("file:"):
+        spec["network"]["topology"] = "file:" + Path(spec["network"]["topology"][5:]).name
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -1,0 +1,133 @@
+"""From a swarm spec to real agent processes: per-device data and node files, and a loopback run.
+
+``write_node_files`` writes what each device needs (its data .npz, the shared test set, the spec
+and its node file); ``run_loopback`` starts them as OS processes on 127.0.0.1 through
+coordinator_free.loopback and gathers their logs into the results JSON of DESIGN section 6.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from agent.__main__ import EXIT_ADDRESS_IN_USE
+from agent.swarm import Swarm
+from coordinator_free.fileio import write_npz, write_text
+from coordinator_free.loopback import Job, launch
+from coordinator_free.spec import dumps_toml
+from coordinator_free.transport import free_tcp_port
+from firmware_profiles.errors import UserError
+
+
+def _toml_str(value) -> str:
+    return json.dumps(str(value))
+
+
+def write_node_files(swarm: Swarm, workdir: Path, addresses: list[str], *, round_deadline: float = 30.0,
+                     handshake_timeout: float = 60.0, extra: dict | None = None,
+                     per_agent: list[dict] | None = None) -> list[Path]:
+    """Write spec.toml, test.npz and, per agent q, agentQ.npz and nodeQ.toml under ``workdir``.
+
+    ``addresses[q]`` is agent q's bind address; its peers are its graph neighbours' addresses.
+    ``extra`` adds keys to every node file and ``per_agent[q]`` to agent q's only (e.g. a profile).
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_text(workdir / "spec.toml", dumps_toml(swarm.spec))
+    p = swarm.problem
+    write_npz(workdir / "test.npz", X=p.X_test, Y=p.Y_test)
+    paths = []
+    for q in range(swarm.n_agents):
+        X, Y = p.agent_data(q)
+        write_npz(workdir / f"agent{q}.npz", X=X, Y=Y)
+        keys = {"id": q, "bind": addresses[q], "data": f"agent{q}.npz", "test": "test.npz", "spec": "spec.toml",
+                "out": f"agent{q}.json", "log": f"agent{q}.jsonl", "round_deadline": round_deadline,
+                "handshake_timeout": handshake_timeout, **(extra or {}),
+                **(per_agent[q] if per_agent and q < len(per_agent) else {})}
+        lines = [f"{k} = {_toml_str(v) if isinstance(v, (str, Path)) else json.dumps(v)}" for k, v in keys.items()]
+        lines.append("\n[peers]")
+        lines += [f"{r} = {_toml_str(addresses[r])}" for r in sorted(swarm.graph.neighbors(q))]
+        path = workdir / f"node{q}.toml"
+        write_text(path, "\n".join(lines) + "\n")
+        paths.append(path)
+    return paths
+
+
+def loopback_addresses(n: int) -> list[str]:
+    """n distinct free ports on 127.0.0.1 (racy: ``run_loopback`` retries if one is taken)."""
+    ports: set[int] = set()
+    while len(ports) < n:
+        ports.add(free_tcp_port())
+    return [f"tcp://127.0.0.1:{port}" for port in sorted(ports)]
+
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def agent_environment(n_agents: int) -> dict:
+    """Environment for agents sharing this host: BLAS threads capped to cores / agents (at least 1).
+
+    Multithreaded OpenBLAS on an oversubscribed host is catastrophic: a 40 x 1024 gradient step
+    measured 0.3 ms with one thread and 30 ms with two on a busy 2-core machine.
+    P2PNTK_THREAD_CAP tells an agent with a device profile not to raise its threads above this.
+    """
+    cap = str(max(1, (os.cpu_count() or 1) // n_agents))
+    return {**os.environ, **{v: cap for v in THREAD_VARS}, "P2PNTK_THREAD_CAP": cap}
+
+
+def run_loopback(swarm: Swarm, workdir: Path, *, timeout: float = 600.0, round_deadline: float = 30.0,
+                 progress: Callable[[int, int], None] | None = None, attempts: int = 3,
+                 extra: dict | None = None, per_agent: list[dict] | None = None) -> dict:
+    """Run the swarm as N agent processes on 127.0.0.1; return the results dict (kind "loopback")."""
+    rounds = swarm.spec["train"]["rounds"]
+    device = swarm.spec["device"]
+    if device["profiles"] and per_agent is None:
+        per_agent = [{"profile": device["profiles"][q % len(device["profiles"])], "emulate": device["emulate"]}
+                     for q in range(swarm.n_agents)]
+    for attempt in range(attempts):
+        nodes = write_node_files(swarm, workdir, loopback_addresses(swarm.n_agents), round_deadline=round_deadline,
+                                 extra=extra, per_agent=per_agent)
+        jobs = [Job(f"agent{q}", [sys.executable, "-m", "agent", str(path)], workdir / f"agent{q}.jsonl",
+                    workdir / f"agent{q}.stderr") for q, path in enumerate(nodes)]
+        for job in jobs:
+            job.log.unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        outcomes = launch(jobs, expected_lines=rounds + 1, timeout=timeout, progress=progress,
+                          env=agent_environment(swarm.n_agents))
+        wall = time.perf_counter() - t0
+        if any(o.returncode == EXIT_ADDRESS_IN_USE for o in outcomes) and attempt + 1 < attempts:
+            continue  # a port was taken between probing and binding: try fresh ports
+        failed = [o for o in outcomes if o.returncode != 0]
+        if failed:
+            first = next((o for o in failed if o.returncode not in (None, 0)), failed[0])
+            raise UserError(f"loopback: {first.name} failed (exit {first.returncode}): {first.stderr_tail} "
+                            f"(logs in {workdir})")
+        return collect_results(swarm, workdir, wall)
+    raise AssertionError("unreachable")
+
+
+def collect_results(swarm: Swarm, workdir: Path, wall: float) -> dict:
+    """Merge agentQ.json / agentQ.jsonl into the results JSON of DESIGN section 6."""
+    per = [json.loads((workdir / f"agent{q}.json").read_text()) for q in range(swarm.n_agents)]
+    logs = [[json.loads(line) for line in (workdir / f"agent{q}.jsonl").read_text().splitlines()]
+            for q in range(swarm.n_agents)]
+    round_s = [[r["round_s"] for r in lg[1:]] for lg in logs]
+    out = {"kind": "loopback", "spec": swarm.spec}
+    for key in ("train_loss", "test_loss", "test_accuracy"):
+        out[key] = [a[key] for a in per]
+    out["final_test_accuracy"] = [a["test_accuracy"][-1] for a in per]
+    out["agents"] = [{k: a[k] for k in ("id", "bytes_sent", "bytes_received", "wait_s", "wall_s", "suspected",
+                                        "dropped", "neighbours", "profile") if k in a} for a in per]
+    for a, r in zip(out["agents"], round_s):
+        a["mean_round_s"] = float(np.mean(r)) if r else 0.0
+    rounds = max(swarm.spec["train"]["rounds"], 1)
+    out["bytes_per_round"] = float(np.sum([a["bytes_sent"] for a in per]) / rounds)
+    out["n_params"], out["model_hash"] = per[0]["n_params"], per[0]["model_hash"]
+    out["timings"] = {"total_s": wall, "per_round_s": float(np.mean([np.mean(r) for r in round_s if r] or [0.0])),
+                      "wait_per_round_s": float(np.mean([a["wait_s"] for a in per]) / rounds)}
+    out["workdir"] = str(workdir)
+    return out

@@ -1,0 +1,75 @@
+"""``p2pntk loopback`` (N real agent processes on 127.0.0.1) and ``p2pntk agent NODE.toml`` (one device)."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from agent.deploy import run_loopback
+from agent.swarm import Swarm
+from coordinator_free.fileio import write_json
+from coordinator_free.progress import ProgressBar
+from predictor.commands import add_spec_args, loss_table, spec_from_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("loopback", help="run N real agent processes on 127.0.0.1 over ZeroMQ",
+                       description="Write each agent's data and node file, start one OS process per agent on "
+                                   "127.0.0.1, and gather their logs into the results JSON.")
+    add_spec_args(p, "runs/loopback.json")
+    p.add_argument("--workdir", default=None, help="where node files, data and logs go (default: a temp folder)")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds before the swarm is stopped (default 900)")
+    p.add_argument("--round-deadline", type=float, default=30.0,
+                   help="seconds an agent waits for a neighbour each round before suspecting it (default 30)")
+    p.add_argument("--profiles", default=None, metavar="NAME,NAME,...",
+                   help="emulate these device profiles, cycled over the agents (sets device.profiles and "
+                        "device.emulate = true)")
+    p.add_argument("--link", type=float, default=None, metavar="MBIT",
+                   help="override every emulated profile's link bandwidth (Mbit/s)")
+    p.set_defaults(func=run)
+    a = sub.add_parser("agent", help="run one device's learner from its node file",
+                       description="Run one device's peer-to-peer learner (same as python -m agent NODE.toml).")
+    a.add_argument("node", metavar="NODE.toml")
+    a.add_argument("-v", "--verbose", action="store_true")
+    a.set_defaults(func=run_agent)
+
+
+def run_agent(args) -> int:
+    from agent.__main__ import run as run_node_file
+    return run_node_file(args.node, args.verbose)
+
+
+def run(args) -> int:
+    if args.profiles:
+        args.overrides += [f"device.profiles={args.profiles}", "device.emulate=true"]
+    if args.link:
+        args.overrides.append(f"device.link_mbit={args.link}")
+    spec = spec_from_args(args)
+    swarm = Swarm.from_spec(spec)
+    if args.save_problem:
+        swarm.save_problem(args.save_problem)
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="p2pntk-loopback-"))
+    bar = ProgressBar(1, f"loopback ({swarm.n_agents} agents)", enabled=not args.quiet)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done)
+
+    try:
+        results = run_loopback(swarm, workdir, timeout=args.timeout, round_deadline=args.round_deadline,
+                               progress=progress)
+    finally:
+        bar.close()
+    write_json(args.out, results)
+    if not args.quiet:
+        print(f"loopback: {swarm.n_agents} agent processes, {results['timings']['total_s']:.1f}s, "
+              f"{results['timings']['per_round_s'] * 1e3:.1f} ms/round, "
+              f"{results['bytes_per_round'] / 1e6:.2f} MB sent per round (all agents)")
+        print(loss_table(results))
+        for a in results["agents"]:
+            if "profile" in a:
+                est = a["profile"]["estimated_round_s"]
+                print(f"agent {a['id']}: {a['profile']['name']}{' (emulated)' if a['profile']['emulated'] else ''}: "
+                      f"{a['mean_round_s'] * 1e3:.0f} ms/round measured, {est * 1e3:.0f} ms estimated "
+                      f"({(a['mean_round_s'] / est - 1) * 100:+.0f}%)")
+    print(f"wrote {args.out} (agent logs in {workdir})")
+    return 0
