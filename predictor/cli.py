@@ -13,7 +13,15 @@ from firmware_profiles.errors import UserError
 
 # Each module defines register(subparsers) which sets ``func`` on its parser.
 COMMAND_MODULES = [
+    "predictor.commands.demo",
     "predictor.commands.simulate",
+    "predictor.commands.predict",
+    "predictor.commands.stability",
+    "predictor.commands.compare",
+    "predictor.commands.reproduce",
+    "predictor.commands.bench",
+    "predictor.commands.export_onnx",
+    "predictor.commands.loopback",
     "predictor.commands.profiles",
 ]
 

@@ -1,0 +1,127 @@
+"""Forecast cost against training cost, side by side in one run, and how the predictor scales with the
+number of agents N and samples M (up to N = 64). ``p2pntk bench predictor [--quick] [--out FILE.json]``.
+
+Times are the best of several repeats (the machine is shared; the minimum is the least disturbed run).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Callable
+
+from agent.simulator import simulate
+from agent.swarm import Swarm
+from coordinator_free.fileio import write_json
+from coordinator_free.spec import resolve
+from predictor.compare import compare_results
+from predictor.forecast import forecast
+
+
+def best_of(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
+    """(least wall time over ``repeats`` calls, the result of that fastest call)."""
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        value = fn()
+        elapsed = time.perf_counter() - t
+        if elapsed < best:
+            best, result = elapsed, value
+    return best, result
+
+
+def spec_for(width: int = 4096, agents: int = 6, per_agent: int = 40, data: str = "digits",
+             dtype: str = "float64", rounds: int = 100, topology: str = "cycle") -> dict:
+    return resolve({"data": {"name": data, "samples_per_agent": per_agent, "test_samples": 100},
+                    "model": {"kind": "mlp", "width": width},
+                    "network": {"agents": agents, "topology": topology},
+                    "train": {"algorithm": "dgd", "lr": 0.5, "rounds": rounds, "dtype": dtype}})
+
+
+def blas_threads(n: int | None):
+    """A context that limits BLAS to ``n`` threads (threadpoolctl), or does nothing for None or without it."""
+    if n is None:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    return threadpool_limits(limits=n, user_api="blas")
+
+
+def ratio_case(quick: bool, threads: int | None = None) -> list[dict]:
+    """The acceptance case (width 4096, 6 agents on a cycle, 40 digits each, lr 0.5, 100 rounds).
+
+    ``predict`` computes the kernel in the spec's train.dtype: float64 against float64 training and
+    float32 against float32 (the board default); the last row is a float64 kernel against float32 training.
+    ``threads`` = 1 measures both on one core: on a shared machine, multi-threaded BLAS suffers from
+    other processes far more than the small matrices of training do, so the per-core ratio is the stable one.
+    """
+    limit = blas_threads(threads)
+    if limit is None:
+        return []
+    sims, preds = {}, {}
+    with limit:
+        for dtype in ("float64", "float32"):
+            swarm = Swarm.from_spec(spec_for(dtype=dtype))
+            preds[dtype] = best_of(lambda: forecast(swarm, kernel_dtype=dtype), 3 if quick else 9)
+            sims[dtype] = best_of(lambda: simulate(swarm), 1 if quick else 3)
+    rows = []
+    for sim_dtype, kernel_dtype in (("float64", "float64"), ("float32", "float32"), ("float32", "float64")):
+        (t_pred, (pred, _)), (t_sim, sim) = preds[kernel_dtype], sims[sim_dtype]
+        rows.append({"case": "width 4096, N=6 cycle, M=240, 100 rounds", "blas_threads": threads or "default",
+                     "simulate_dtype": sim_dtype, "kernel_dtype": kernel_dtype, "predict_s": t_pred,
+                     "simulate_s": t_sim, "ratio": t_sim / t_pred, "kernel_s": pred["timings"]["kernel_s"],
+                     "dynamics_s": pred["timings"]["dynamics_s"], "lr_max_s": pred["timings"]["lr_max_s"],
+                     "max_trajectory_error": compare_results(pred, sim)["max"]})
+    return rows
+
+
+def scaling(quick: bool) -> list[dict]:
+    """Forecast cost (kernel, rounds, lr_max) for N agents x n samples (synthetic data, width 1024)."""
+    grid = [(4, 40), (16, 40), (64, 10), (64, 40)] if not quick else [(4, 20), (64, 10)]
+    rows = []
+    for agents, per_agent in grid:
+        swarm = Swarm.from_spec(spec_for(width=1024, agents=agents, per_agent=per_agent, data="synthetic",
+                                         topology="exponential"))
+        t_pred, (pred, _) = best_of(lambda: forecast(swarm), 1 if quick else 2)
+        t_sim, _ = best_of(lambda: simulate(swarm), 1)
+        Mk = agents * per_agent * swarm.problem.Y_train.shape[1]
+        rows.append({"agents": agents, "samples_per_agent": per_agent, "Mk": Mk,
+                     "kernel_MB": Mk * Mk * 8 / 2**20, "predict_s": t_pred,
+                     "kernel_s": pred["timings"]["kernel_s"], "dynamics_s": pred["timings"]["dynamics_s"],
+                     "lr_max_s": pred["timings"]["lr_max_s"], "simulate_s": t_sim, "ratio": t_sim / t_pred})
+    return rows
+
+
+def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """Rows as a fixed-width table; columns are (header, key, format spec)."""
+    widths = [max(len(h), 9) for h, _, _ in columns]
+    lines = [" ".join(h.rjust(w) for (h, _, _), w in zip(columns, widths))]
+    for r in rows:
+        lines.append(" ".join(format(r[k], f).rjust(w) for (_, k, f), w in zip(columns, widths)))
+    return "\n".join(lines)
+
+
+TIMES = [("predict s", "predict_s", ".4f"), ("kernel s", "kernel_s", ".4f"), ("rounds s", "dynamics_s", ".4f"),
+         ("lr_max s", "lr_max_s", ".4f"), ("simulate s", "simulate_s", ".3f"), ("ratio", "ratio", ".1f")]
+
+
+def run(quick: bool = False, out: str | None = None) -> dict:
+    """Print both tables; return (and with ``out`` write) the numbers."""
+    ratio = ratio_case(quick) + ratio_case(quick, threads=1)
+    print("forecast vs training, same spec (times: best of repeats)")
+    print(table(ratio, [("threads", "blas_threads", ""), ("simulate", "simulate_dtype", ""),
+                        ("kernel", "kernel_dtype", "")] + TIMES + [("traj err", "max_trajectory_error", ".2e")]))
+    scale = scaling(quick)
+    print("\nscaling (synthetic data, width 1024, exponential graph, DGD, 100 rounds; predictor in float64)")
+    print(table(scale, [("N", "agents", "d"), ("n/agent", "samples_per_agent", "d"), ("Mk", "Mk", "d"),
+                        ("K MB", "kernel_MB", ".1f")] + TIMES))
+    result = {"ratio": ratio, "scaling": scale}
+    if out:
+        write_json(out, result)
+        print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    run()

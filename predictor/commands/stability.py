@@ -1,0 +1,40 @@
+"""``p2pntk stability``: is the swarm's linearised training stable? W doubly stochastic, Proposition 1
+(minimality, the largest real eigenvalue of the reduced A - I), the spectral radius and lr_max."""
+from __future__ import annotations
+
+import time
+
+from coordinator_free.fileio import write_json
+from predictor.commands import add_spec_args
+from predictor.commands.predict import swarm_from_args
+from predictor.forecast import kernel_problem
+from predictor.stability import stability_report
+
+
+def register(sub) -> None:
+    p = sub.add_parser("stability", help="stability of the linearised dynamics and lr_max per algorithm",
+                       description="Check W, Proposition 1 (minimality, max real eigenvalue of the reduced "
+                                   "A - I), the discrete spectral radius, and lr_max for DGD, ATC and CTA.")
+    add_spec_args(p, "runs/stability.json")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    swarm = swarm_from_args(args)
+    spec = swarm.spec
+    t0 = time.perf_counter()
+    kp = kernel_problem(swarm)
+    report = stability_report(kp, spec["train"]["algorithm"], float(spec["train"]["lr"]))
+    report["spec"] = spec
+    report["seconds"] = time.perf_counter() - t0
+    write_json(args.out, report)
+    if not args.quiet:
+        lr = report["lr_max"]
+        fmt = lambda v: "-" if v is None else f"{v:.10g}"  # noqa: E731
+        print(f"doubly stochastic W: {report['doubly_stochastic']}")
+        print(f"minimal (reduced coordinates): {report['minimal']}")
+        print(f"max real eigenvalue of A - I ({report['algorithm'].upper()}): {fmt(report['max_real_eig'])}")
+        print(f"spectral radius of A at lr={report['lr']}: {fmt(report['spectral_radius'])}")
+        print(f"lr_max: dgd {lr['dgd']:.6g}, atc {lr['atc']:.6g}, cta {lr['cta']:.6g}")
+    print(f"wrote {args.out}")
+    return 0

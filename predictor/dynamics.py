@@ -1,0 +1,317 @@
+"""The linearised DGD / ATC / CTA dynamics in kernel space (DESIGN section 5): exact discrete rounds
+through ``agent.algorithms.swarm_step`` and the paper's gradient flow with Phi(t, t0) in closed form.
+Arrays in, arrays out: the kernel problem below holds everything the linear systems need.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import scipy.linalg as sl
+
+from agent.algorithms import ALGORITHMS, swarm_step
+from agent.local import batch_indices
+from firmware_profiles.errors import UserError
+
+MAX_FLOW_STATES = 6000  # N * rank(K) above this: the dense closed form costs too much; use discrete rounds
+RTOL = 1e-10            # eigenvalues of K below RTOL * lambda_max span the null space of J^T (dropped)
+
+
+@dataclass(frozen=True)
+class KernelProblem:
+    """The linearised swarm in kernel space: K, f0, targets, who owns which sample, and W.
+
+    K (M k, M k) = J J^T on the training set, K_test (T k, M k) = J(X_test) J^T, f0 (M, k) and
+    f0_test (T, k) the outputs at theta_0, Y (M, k) and Y_test (T, k) the targets, agent_of_sample (M,)
+    and W (N, N) the mixing matrix. Vectors of outputs are row-major: entry i*k + j is output j of sample i.
+    """
+
+    K: np.ndarray
+    K_test: np.ndarray
+    f0: np.ndarray
+    f0_test: np.ndarray
+    Y: np.ndarray
+    Y_test: np.ndarray
+    agent_of_sample: np.ndarray
+    W: np.ndarray
+
+    def __post_init__(self) -> None:
+        M, k = self.Y.shape
+        T = self.Y_test.shape[0]
+        shapes = {"K": (M * k, M * k), "K_test": (T * k, M * k), "f0": (M, k), "f0_test": (T, k),
+                  "agent_of_sample": (M,), "W": (self.N, self.N)}
+        for name, shape in shapes.items():
+            if getattr(self, name).shape != shape:
+                raise ValueError(f"KernelProblem.{name} has shape {getattr(self, name).shape}, expected {shape}")
+        if np.any(self.counts == 0):
+            raise UserError(f"agents {np.flatnonzero(self.counts == 0).tolist()} have no training samples")
+
+    @property
+    def N(self) -> int:
+        return self.W.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.Y.shape[1]
+
+    @property
+    def Mk(self) -> int:
+        return self.Y.size
+
+    @cached_property
+    def counts(self) -> np.ndarray:
+        """n_q, the number of training samples of each agent, (N,)."""
+        return np.bincount(self.agent_of_sample, minlength=self.N)
+
+    @cached_property
+    def residual0(self) -> np.ndarray:
+        """r0 = vec(f0 - Y), (M k,)."""
+        return (self.f0 - self.Y).ravel()
+
+    def padded(self, v: np.ndarray) -> np.ndarray:
+        """A vector over the M k outputs with a trailing 0, so that indexing by padded indices gives 0."""
+        return np.append(v, 0.0)
+
+    def agent_rows(self, samples: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(idx, valid), both (N, m): the vec indices of each agent's outputs, padded to a common m.
+
+        ``samples[q]`` picks a subset of agent q's own samples (a minibatch; positions within the agent);
+        None takes them all. Padding entries have valid False and index M k (one past the end).
+        """
+        k, own = self.k, [np.flatnonzero(self.agent_of_sample == q) for q in range(self.N)]
+        if samples is not None:
+            own = [o[s] for o, s in zip(own, samples)]
+        m = max(len(o) for o in own) * k
+        idx = np.full((self.N, m), self.Mk, dtype=np.int64)
+        for q, o in enumerate(own):
+            idx[q, :len(o) * k] = (o[:, None] * k + np.arange(k)).ravel()
+        return idx, idx < self.Mk
+
+    @cached_property
+    def basis(self) -> tuple[np.ndarray, np.ndarray]:
+        """(R, R_inv) of ``reduced_basis(K)``, computed once."""
+        return reduced_basis(self.K)
+
+    @cached_property
+    def own(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(idx, valid, K_own): K_own[q] = S_q^T K, agent q's rows of K, (N, m, M k), zero on padding."""
+        idx, valid = self.agent_rows()
+        return idx, valid, gather_rows(self.K, idx, valid)
+
+    @cached_property
+    def own_f0(self) -> np.ndarray:
+        """S_q^T f0 for every agent, (N, m), zero on padding."""
+        return self.padded(self.f0.ravel())[self.own[0]]
+
+
+def gather_rows(K: np.ndarray, idx: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """K[idx] with padding rows zeroed: (N, m, M k)."""
+    return K[np.where(valid, idx, 0)] * valid[..., None]
+
+
+def own_outputs(kp: KernelProblem, C: np.ndarray, KC: np.ndarray | None = None) -> np.ndarray:
+    """f_q(X_q) = f0_q + S_q^T K c_q for every agent: C (..., N, M k) -> (..., N, m), zero on padding.
+
+    Pass ``KC`` = S_q^T K c_q if already computed.
+    """
+    return ((kp.own[2] @ C[..., None])[..., 0] if KC is None else KC) + kp.own_f0
+
+
+def outputs_on_test(kp: KernelProblem, C: np.ndarray) -> np.ndarray:
+    """f_q(X_test) = f0_test + K(X_test, X) c_q: C (..., N, M k) -> (..., N, T k)."""
+    return C @ kp.K_test.T + kp.f0_test.ravel()
+
+
+class KernelGradient:
+    """grad_all for ``swarm_step`` in c-coordinates: row q = S_q (S_q^T K c_q + f0_q - y_q) / n_q.
+
+    With a minibatch size, S_q selects the round's batch (``agent.local.batch_indices``, the same draw
+    as the real learners) and n_q is the batch size. Set ``round`` before each step.
+    """
+
+    def __init__(self, kp: KernelProblem, batch: int | str = "full", seed: int = 0) -> None:
+        self.kp, self.batch, self.seed, self.round = kp, batch, seed, 0
+        self._full = batch == "full" or int(batch) >= kp.counts.max()
+        self._last: tuple[np.ndarray, np.ndarray] | None = None
+        self._r0, self._agents = kp.padded(kp.residual0), np.arange(kp.N)[:, None]
+
+    def rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(idx, valid, K rows, n) for this round's samples."""
+        kp = self.kp
+        if self._full:
+            idx, valid, K_own = kp.own
+            return idx, valid, K_own, kp.counts
+        picks = [batch_indices(int(n), self.batch, self.seed, q, self.round) for q, n in enumerate(kp.counts)]
+        picks = [np.arange(n) if p is None else p for p, n in zip(picks, kp.counts)]
+        idx, valid = kp.agent_rows(picks)
+        return idx, valid, gather_rows(kp.K, idx, valid), np.array([len(p) for p in picks])
+
+    def __call__(self, C: np.ndarray) -> np.ndarray:
+        idx, _, K_rows, n = self.rows()
+        values = (self.products(C, K_rows) + self._r0[idx]) / n[:, None]  # _r0[idx] is 0 on padding
+        G = np.zeros((C.shape[0], C.shape[1] + 1), dtype=C.dtype)
+        G[self._agents, idx] = values
+        return G[:, :-1]
+
+    def products(self, C: np.ndarray, K_rows: np.ndarray | None = None) -> np.ndarray:
+        """S_q^T K c_q for every agent, (N, m); the last full-batch product is reused for the same C."""
+        if K_rows is None or K_rows is self.kp.own[2]:
+            if self._last is not None and self._last[0] is C:
+                return self._last[1]
+            self._last = (C, (self.kp.own[2] @ C[:, :, None])[..., 0])
+            return self._last[1]
+        return (K_rows @ C[:, :, None])[..., 0]
+
+
+def discrete_rounds(kp: KernelProblem, algorithm: str, alpha: float, rounds: int, *,
+                    batch: int | str = "full", seed: int = 0, keep: tuple[int, ...] = ()
+                    ) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+    """The exact linearised rounds: C(k+1) = swarm_step(algorithm, W, C(k), grad in c-coordinates, alpha).
+
+    C (N, M k) holds c_q in row q (v_q = J^T c_q), starting from C(0) = 0 (theta_q = theta_0). This is
+    v(k+1) = A v(k) + B u of DESIGN section 5 without forming A. Returns (own, test, kept): each agent's
+    outputs on its own data (rounds+1, N, m) and on the test set (rounds+1, N, T k) (see ``own_outputs``),
+    and C at the rounds listed in ``keep``.
+    """
+    _check_algorithm(algorithm)
+    grad = KernelGradient(kp, batch, seed)
+    C = np.zeros((kp.N, kp.Mk))
+    own = np.empty((rounds + 1, kp.N, kp.own[0].shape[1]))
+    test = np.empty((rounds + 1, kp.N, kp.K_test.shape[0]))
+    kept: dict[int, np.ndarray] = {}
+    with np.errstate(over="ignore", invalid="ignore"):
+        for r in range(rounds + 1):
+            own[r], test[r] = own_outputs(kp, C, grad.products(C)), outputs_on_test(kp, C)
+            if r in keep:
+                kept[r] = C.copy()
+            if r < rounds:
+                grad.round = r
+                C = swarm_step(algorithm, kp.W, C, grad, alpha)
+    return own, test, kept
+
+
+@dataclass(frozen=True)
+class ReducedSystem:
+    """z(k+1) = A z(k) + B u in reduced kernel coordinates z_q = Sigma U^T c_q, with K = U Sigma^2 U^T.
+
+    R = U Sigma (M k, r) and R_inv = U Sigma^-1 map between z and c (c_q = R_inv z_q, K c_q = R z_q);
+    u = y - f0 (M k,), B (N r, M k), and the output C_out (N m, N r) gives each agent's own outputs.
+    Here every mode is one of v = J^T c: the null space of K, whose modes are marginal, is gone.
+    """
+
+    A: np.ndarray
+    B: np.ndarray
+    u: np.ndarray
+    C_out: np.ndarray
+    R: np.ndarray
+    R_inv: np.ndarray
+
+
+def reduced_basis(K: np.ndarray, rtol: float = RTOL) -> tuple[np.ndarray, np.ndarray]:
+    """(R, R_inv) with R R^T = K restricted to the eigenvalues above rtol * lambda_max."""
+    lam, U = np.linalg.eigh(K)
+    keep = lam > rtol * max(lam[-1], 0.0)
+    root = np.sqrt(lam[keep])
+    return U[:, keep] * root, U[:, keep] / root
+
+
+def reduced_system(kp: KernelProblem, algorithm: str, alpha: float) -> ReducedSystem:
+    """A and B of DESIGN section 5 in reduced coordinates, with H_q = G_q^T G_q / n_q, G_q = S_q^T R.
+
+    DGD: A = W(x)I - alpha H,  ATC: A = (W(x)I)(I - alpha H),  CTA: A = (I - alpha H)(W(x)I);
+    B = alpha B0 (DGD, CTA) or alpha (W(x)I) B0 (ATC), with block row q of B0 = G_q^T S_q^T / n_q.
+    """
+    _check_algorithm(algorithm)
+    R, R_inv = kp.basis
+    idx, valid, _ = kp.own
+    N, r, m = kp.N, R.shape[1], idx.shape[1]
+    G = np.append(R, np.zeros((1, r)), axis=0)[idx]  # (N, m, r), zero on padding
+    n = kp.counts.astype(float)
+    H = sl.block_diag(*[G[q].T @ G[q] / n[q] for q in range(N)])
+    B0 = np.zeros((N, r, kp.Mk + 1))
+    for q in range(N):
+        B0[q][:, idx[q]] = G[q].T / n[q]   # padding lands in the extra last column
+    B0 = B0[:, :, :-1].reshape(N * r, kp.Mk)
+    Wx = np.kron(kp.W, np.eye(r))
+    I = np.eye(N * r)
+    A = {"dgd": Wx - alpha * H, "atc": Wx @ (I - alpha * H), "cta": (I - alpha * H) @ Wx}[algorithm]
+    B = alpha * (Wx @ B0 if algorithm == "atc" else B0)
+    return ReducedSystem(A=A, B=B, u=-kp.residual0, C_out=sl.block_diag(*G), R=R, R_inv=R_inv)
+
+
+def eigen_factors(A: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lambda, Q, Q^-1) with A = Q diag(lambda) Q^-1: eigh (Q^-1 = Q^T) if A is symmetric, else eig."""
+    if np.allclose(A, A.T, rtol=0, atol=1e-13 * max(np.abs(A).max(), 1.0)):
+        lam, Q = np.linalg.eigh(0.5 * (A + A.T))
+        return lam, Q, Q.T
+    lam, Q = sl.eig(A)
+    return lam, Q, np.linalg.solve(Q, np.eye(len(lam)))
+
+
+def _phi1(x: np.ndarray) -> np.ndarray:
+    """(e^x - 1) / x, with its series near 0."""
+    small = np.abs(x) < 1e-6
+    safe = np.where(small, 1.0, x)
+    return np.where(small, 1 + x / 2 + x * x / 6, np.expm1(safe) / safe)
+
+
+class Flow:
+    """The gradient flow dz/dt = (A - I) z + B u of the discrete system, t in rounds (the paper's eq.).
+
+    Phi(t, t0) = expm((A - I)(t - t0)); z(t) = Phi(t, t0) z(t0) + int_{t0}^t Phi(t, s) B u ds, in closed
+    form from one eigendecomposition of A - I, computed once and cached on the object. For DGD with a
+    symmetric W, A - I is symmetric in these coordinates (the K-weighted symmetrisation), so eigh is used;
+    ATC and CTA use eig, and expm if the eigenvectors are too ill-conditioned.
+    """
+
+    def __init__(self, kp: KernelProblem, algorithm: str, alpha: float) -> None:
+        R, _ = kp.basis
+        if kp.N * R.shape[1] > MAX_FLOW_STATES:
+            raise UserError(f"--flow: the reduced system has N * rank(K) = {kp.N} * {R.shape[1]} states, more "
+                            f"than {MAX_FLOW_STATES} for the dense closed form; use the discrete forecast")
+        self.kp, self.system = kp, reduced_system(kp, algorithm, alpha)
+        self.n = self.system.A.shape[0]
+
+    @cached_property
+    def factors(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(lambda, Q, Q^-1) with A - I = Q diag(lambda) Q^-1, or None if Q is too ill-conditioned."""
+        lam, Q, Qi = eigen_factors(self.system.A)
+        if Qi is not Q.T and np.linalg.cond(Q) > 1e10:
+            return None
+        return lam - 1.0, Q, Qi
+
+    def phi(self, t, t0: float = 0.0) -> np.ndarray:
+        """Phi(t, t0) = expm((A - I)(t - t0)): (n, n) for a scalar t, (len(t), n, n) for an array."""
+        tau = np.atleast_1d(np.asarray(t, dtype=float)) - t0
+        if self.factors is None:
+            out = np.stack([sl.expm((self.system.A - np.eye(self.n)) * s) for s in tau])
+        else:
+            lam, Q, Qi = self.factors
+            out = np.real(np.einsum("ij,tj,jk->tik", Q, np.exp(np.outer(tau, lam)), Qi))
+        return out if np.ndim(t) else out[0]
+
+    def state(self, t, t0: float = 0.0, z0: np.ndarray | None = None) -> np.ndarray:
+        """z(t) for every t (vectorised), from z(t0) = z0 (default 0, i.e. theta_q = theta_0): (len(t), n)."""
+        tau = np.atleast_1d(np.asarray(t, dtype=float)) - t0
+        Bu = self.system.B @ self.system.u
+        z0 = np.zeros(self.n) if z0 is None else z0
+        if self.factors is None:
+            Mx = np.zeros((self.n + 1, self.n + 1))  # augmented [[A - I, Bu], [0, 0]] carries the input
+            Mx[:-1, :-1], Mx[:-1, -1] = self.system.A - np.eye(self.n), Bu
+            x0 = np.append(z0, 1.0)
+            return np.stack([sl.expm(Mx * s) @ x0 for s in tau])[:, :-1]
+        lam, Q, Qi = self.factors
+        x = np.outer(tau, lam)
+        modal = np.exp(x) * (Qi @ z0) + tau[:, None] * _phi1(x) * (Qi @ Bu)
+        return np.real(modal @ Q.T)
+
+    def coefficients(self, t, t0: float = 0.0) -> np.ndarray:
+        """C(t) (len(t), N, M k): row q is c_q(t) = R_inv z_q(t), so that v_q(t) = J^T c_q(t)."""
+        z = self.state(t, t0).reshape(-1, self.kp.N, self.system.R.shape[1])
+        return z @ self.system.R_inv.T
+
+
+def _check_algorithm(algorithm: str) -> None:
+    if algorithm not in ALGORITHMS:
+        raise UserError(f"train.algorithm = {algorithm!r}: expected one of {', '.join(ALGORITHMS)}")

@@ -1,0 +1,118 @@
+"""A spec's swarm -> the NTK forecast of every agent's losses: the results dict that ``p2pntk predict``
+writes (the same keys as simulate, kind "predict") and that the tuner calls, plus v_q = J^T c_q on request.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from agent.model import ModelConfig, backward, forward_with_cache
+from agent.swarm import Swarm
+from firmware_profiles.errors import UserError
+from predictor.dynamics import Flow, KernelProblem, discrete_rounds, outputs_on_test, own_outputs
+from predictor.ntk import DEFAULT_MAX_BYTES, train_test_ntk
+from predictor.stability import lr_max_all, lr_max_exact
+
+MODES = ("discrete", "flow")
+
+
+def kernel_problem(swarm: Swarm, max_bytes: int = DEFAULT_MAX_BYTES, dtype=np.float64) -> KernelProblem:
+    """The empirical NTK at theta_0 on the swarm's data: K, K_test, f0, f0_test, Y, W.
+
+    ``dtype`` is the precision of the kernel computation (float64 by default; float32 halves its cost
+    and its rounding, ~1e-7 of K, is far below the linearisation error). The result is float64.
+    """
+    p, cfg = swarm.problem, swarm.cfg
+    K, K_test, f0, f0_test = (a.astype(np.float64, copy=False) for a in train_test_ntk(
+        cfg, swarm.theta0, p.X_train, p.X_test, max_bytes=max_bytes, dtype=dtype))
+    return KernelProblem(K=K, K_test=K_test, f0=f0, f0_test=f0_test, Y=p.Y_train.astype(np.float64),
+                         Y_test=p.Y_test.astype(np.float64), agent_of_sample=p.agent_of_sample, W=swarm.W)
+
+
+def loss_curves(kp: KernelProblem, own: np.ndarray, test: np.ndarray) -> dict[str, list[list[float]]]:
+    """Per-agent train/test loss and accuracy (DESIGN section 6) from outputs over time.
+
+    own (R, N, m) and test (R, N, T k) are the outputs of ``discrete_rounds`` or of the flow.
+    """
+    idx, valid, _ = kp.own
+    y_own = kp.padded(kp.Y.ravel())[idx]
+    n, k = kp.counts, kp.k
+    with np.errstate(over="ignore", invalid="ignore"):
+        train = np.sum((own - y_own) ** 2 * valid, axis=-1) / (2 * n)
+        tst = np.sum((test - kp.Y_test.ravel()) ** 2, axis=-1) / (2 * kp.Y_test.shape[0])
+    train_acc = _accuracy(own.reshape(*own.shape[:2], -1, k), y_own.reshape(kp.N, -1, k), valid[:, ::k])
+    test_acc = _accuracy(test.reshape(*test.shape[:2], -1, k), kp.Y_test, None)
+    return {"train_loss": train.T.tolist(), "train_accuracy": train_acc.T.tolist(),
+            "test_loss": tst.T.tolist(), "test_accuracy": test_acc.T.tolist()}
+
+
+def _accuracy(F: np.ndarray, Y: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """``agent.model.accuracy`` vectorised over rounds and agents: F (R, N, n, k) -> (R, N).
+
+    Sign agreement for one output, argmax agreement otherwise; ``valid`` (N, n) masks padding.
+    """
+    hit = np.sign(F[..., 0]) == np.sign(Y[..., 0]) if F.shape[-1] == 1 else F.argmax(-1) == Y.argmax(-1)
+    if valid is None:
+        return hit.mean(axis=-1)
+    return (hit & valid).sum(axis=-1) / valid.sum(axis=-1)
+
+
+def parameters(cfg: ModelConfig, theta0: np.ndarray, X_train: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """theta_q = theta_0 + v_q with v_q = J^T c_q (the paper's parameter trajectories): C (N, M k) -> (N, P).
+
+    J^T c is the vector-Jacobian product of f at theta_0, so ``agent.model.backward`` computes it.
+    """
+    theta0 = np.asarray(theta0, dtype=np.float64)
+    _, cache, h_last = forward_with_cache(cfg, theta0, X_train)
+    return np.stack([theta0 + backward(cfg, theta0, cache, h_last, c.reshape(-1, cfg.k)) for c in C])
+
+
+def forecast(swarm: Swarm, mode: str = "discrete", *, kp: KernelProblem | None = None,
+             keep: tuple[int, ...] = (), max_bytes: int = DEFAULT_MAX_BYTES,
+             kernel_dtype: str | None = None) -> tuple[dict, dict[int, np.ndarray]]:
+    """Forecast the swarm's training with the linearised dynamics; returns (results, kept).
+
+    ``mode`` is "discrete" (the exact rounds) or "flow" (the gradient flow at t = 0, 1, ..., rounds).
+    results has simulate's keys (train_loss, test_loss, ... per agent per round), kind "predict",
+    mode, lr_max for dgd/atc/cta (closed forms; ``lr_max_exact`` says where they are only an upper
+    bound, see ``predictor.stability.lr_max``) and timings. kept maps each round in ``keep`` to theta (N, P).
+    Pass ``kp`` to reuse a kernel problem already computed for the same swarm. ``kernel_dtype`` is the
+    precision of the kernel computation, by default the spec's train.dtype: float64 runs are float64
+    throughout, and a float32 run's kernel costs half (its rounding, ~1e-7 of K, moves the forecast by
+    ~1e-7, far below the linearisation error). The dynamics always run in float64.
+    """
+    if mode not in MODES:
+        raise UserError(f"mode = {mode!r}: expected one of {', '.join(MODES)}")
+    train = swarm.spec["train"]
+    alg, alpha, rounds = train["algorithm"], float(train["lr"]), int(train["rounds"])
+    if mode == "flow" and train["batch"] != "full":
+        raise UserError(f"train.batch = {train['batch']!r}: the gradient flow needs full batches; "
+                        "use the discrete forecast or train.batch = \"full\"")
+    kernel_dtype = np.dtype(kernel_dtype or train["dtype"]).name if kp is None else "precomputed"
+    t0 = time.perf_counter()
+    if kp is None:
+        kp = kernel_problem(swarm, max_bytes, kernel_dtype)
+    t1 = time.perf_counter()
+    if mode == "discrete":
+        own, test, kept_c = discrete_rounds(kp, alg, alpha, rounds, batch=train["batch"],
+                                            seed=swarm.spec["data"]["seed"], keep=keep)
+    else:
+        C = Flow(kp, alg, alpha).coefficients(np.arange(rounds + 1.0))
+        own, test = own_outputs(kp, C), outputs_on_test(kp, C)
+        kept_c = {r: C[r] for r in keep if 0 <= r <= rounds}
+    curves = loss_curves(kp, own, test)
+    t2 = time.perf_counter()
+    lr_max = lr_max_all(kp)
+    t3 = time.perf_counter()
+    kept = {r: parameters(swarm.cfg, swarm.theta0, swarm.problem.X_train, c) for r, c in kept_c.items()}
+    finite = np.isfinite(np.asarray(curves["train_loss"])).all(axis=0) & (np.abs(own).max(axis=(1, 2)) < 1e150)
+    results = {"kind": "predict", "mode": mode, "kernel_dtype": kernel_dtype,
+               "spec": swarm.spec, **curves,
+               "final_test_accuracy": [a[-1] for a in curves["test_accuracy"]],
+               "diverged_at_round": None if finite.all() else int(np.argmin(finite)),
+               "lr_max": lr_max, "lr_max_exact": lr_max_exact(kp.W), "stable": bool(alpha < lr_max[alg]),
+               "n_params": swarm.cfg.num_params, "model_hash": swarm.cfg.hash(),
+               "timings": {"kernel_s": t1 - t0, "dynamics_s": t2 - t1, "lr_max_s": t3 - t2,
+                           "total_s": t3 - t0}}
+    return results, kept

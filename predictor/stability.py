@@ -1,0 +1,181 @@
+"""Stability of the linearised DGD / ATC / CTA dynamics (DESIGN section 5): W doubly stochastic?,
+Proposition 1 (minimality and the largest real eigenvalue of the reduced A - I), the discrete spectral
+radius, and lr_max, the largest stable learning rate of each algorithm.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg as sl
+from scipy.sparse.linalg import eigsh
+
+from agent.algorithms import ALGORITHMS
+from coordinator_free.topology import check_mixing
+from predictor.dynamics import MAX_FLOW_STATES, KernelProblem, ReducedSystem, eigen_factors, reduced_system
+
+DENSE_EIGH = 800  # above this size the top eigenvalue comes from Lanczos (eigsh), not a full eigvalsh
+
+
+def doubly_stochastic(W: np.ndarray, atol: float = 1e-12) -> bool:
+    """W >= 0 with rows and columns summing to 1 (then ||W||_2 <= 1, the premise of Proposition 1)."""
+    try:
+        return check_mixing(np.asarray(W, dtype=float), doubly=False, atol=atol)["doubly_stochastic"]
+    except ValueError:
+        return False
+
+
+def _top_eig(S: np.ndarray) -> float:
+    """The largest eigenvalue of the symmetric matrix S."""
+    if S.shape[0] <= DENSE_EIGH:
+        return float(sl.eigvalsh(S, subset_by_index=[S.shape[0] - 1, S.shape[0] - 1])[0])
+    return float(eigsh(S, k=1, which="LA", tol=1e-13, return_eigenvectors=False)[0])
+
+
+def _agent_weighted_kernel(kp: KernelProblem, V: np.ndarray) -> np.ndarray:
+    """G (V (x) I_r) G^T in kernel form: entry (a, b) = V[q(a), q(b)] K[a, b] / sqrt(n_q(a) n_q(b))."""
+    owner = np.repeat(kp.agent_of_sample, kp.k)
+    s = 1.0 / np.sqrt(kp.counts[owner])
+    return V[np.ix_(owner, owner)] * kp.K * np.outer(s, s)
+
+
+def spectral_radius(system: ReducedSystem) -> float:
+    """rho(A) of the reduced discrete system; the rounds converge iff rho < 1."""
+    A = system.A
+    if np.allclose(A, A.T, rtol=0, atol=1e-13 * max(np.abs(A).max(), 1.0)):
+        return float(np.abs(sl.eigvalsh(0.5 * (A + A.T), subset_by_index=None)).max())
+    return float(np.abs(sl.eigvals(A, check_finite=False)).max())
+
+
+def lr_max(kp: KernelProblem, algorithm: str, verify: bool = False) -> float:
+    """The largest learning rate alpha for which the discrete rounds are stable (rho(A) < 1).
+
+    With H = G^T G (G = blkdiag(S_q^T R / sqrt(n_q)), K = R R^T) and a symmetric W with W + I > 0:
+    DGD: A = W(x)I - alpha H is symmetric, its largest eigenvalue stays below 1 for every alpha > 0 and
+    the smallest reaches -1 at alpha = 1 / lambda_max(G ((W + I)^-1 (x) I) G^T), an (M k) x (M k)
+    problem with entries [(W + I)^-1]_{q(a) q(b)} K_ab / sqrt(n_q(a) n_q(b)). Exact.
+    ATC / CTA: (W(x)I)(I - alpha H) and (I - alpha H)(W(x)I) have the same eigenvalues; one reaches -1 at
+    alpha = 1 / lambda_max(G ((W + I)^-1 W (x) I) G^T), and both are stable below 2 / lambda_max(H)
+    (then ||I - alpha H|| <= 1). If W >= 0 the eigenvalues are real and this is exact; otherwise a complex
+    pair can leave the unit disc first, so the closed form is an upper bound, and ``verify`` finds the
+    edge with dense eigenvalues of the reduced A (also used for a non-symmetric W).
+    """
+    W = np.asarray(kp.W, dtype=float)
+    if not np.allclose(W, W.T, rtol=0, atol=1e-12):
+        return _verified(kp, algorithm, float("inf"))
+    lam_w = np.linalg.eigvalsh(W)
+    if lam_w[0] <= -1 + 1e-12:
+        return 0.0  # W has the eigenvalue -1: the mixing alone does not contract
+    inv = np.linalg.inv(W + np.eye(W.shape[0]))
+    top = _top_eig(_agent_weighted_kernel(kp, inv if algorithm == "dgd" else inv @ W))
+    candidate = 1.0 / top if top > 0 else float("inf")
+    if algorithm == "dgd":
+        return candidate
+    candidate = max(candidate, 2.0 / _top_local(kp))
+    if verify and lam_w[0] < -1e-12:
+        return _verified(kp, algorithm, candidate)
+    return candidate
+
+
+def lr_max_exact(W: np.ndarray) -> dict[str, bool]:
+    """Whether ``lr_max(..., verify=False)`` is exact for each algorithm, or only an upper bound."""
+    symmetric = np.allclose(W, W.T, rtol=0, atol=1e-12)
+    psd = symmetric and np.linalg.eigvalsh(W)[0] >= -1e-12
+    return {"dgd": bool(symmetric), "atc": bool(psd), "cta": bool(psd)}
+
+
+def _top_local(kp: KernelProblem) -> float:
+    """max_q lambda_max(K_qq / n_q) = lambda_max(H)."""
+    idx, valid, K_own = kp.own
+    return max(_top_eig(K_own[q][:, idx[q][valid[q]]][valid[q]] / kp.counts[q]) for q in range(kp.N))
+
+
+def _verified(kp: KernelProblem, algorithm: str, upper: float, rel: float = 1e-6, grid: int = 8) -> float:
+    """The first alpha with rho(A(alpha)) >= 1, from dense eigenvalues of the reduced A.
+
+    The search starts at 2 / lambda_max(H) (stable for ATC/CTA; DGD starts at 0) and scans ``grid``
+    points up to the closed-form ``upper``: if all are stable and rho >= 1 just above ``upper``, that is
+    the answer. Otherwise the first unstable interval (found by doubling if needed) is bisected to ``rel``.
+    """
+    def unstable(alpha: float) -> bool:
+        return spectral_radius(reduced_system(kp, algorithm, alpha)) >= 1
+
+    lo = 0.0 if algorithm == "dgd" else 2.0 / _top_local(kp)
+    hi = upper * (1 - rel) if np.isfinite(upper) else 4 * max(lo, 1.0 / _top_local(kp))
+    points = np.linspace(lo, hi, grid + 1)[1:]
+    first = next((i for i, a in enumerate(points) if unstable(a)), None)
+    if first is not None:
+        lo, hi = (points[first - 1] if first else lo), points[first]
+    elif np.isfinite(upper) and unstable(upper * (1 + rel)):
+        return upper
+    else:
+        lo, hi = hi, 2 * hi
+        while not unstable(hi):
+            lo, hi = hi, 2 * hi
+            if hi > 1e12:
+                return float("inf")
+    while hi - lo > rel * hi:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if unstable(mid) else (mid, hi)
+    return lo
+
+
+def lr_max_all(kp: KernelProblem, verify: bool = False) -> dict[str, float]:
+    """{"dgd": ..., "atc": ..., "cta": ...}; ATC and CTA share one value (their A's are similar)."""
+    out = {"dgd": lr_max(kp, "dgd", verify)}
+    out["atc"] = out["cta"] = lr_max(kp, "atc", verify)
+    return out
+
+
+def minimality(system: ReducedSystem, factors: tuple | None = None, tol: float = 1e-8) -> dict:
+    """Controllability of (A - I, B) and observability of (A - I, C_out) by the PBH eigenvector test.
+
+    An eigenvalue cluster of A - I (size s, left eigenvectors L, right Q) is controllable iff rank(L B) = s
+    and observable iff rank(C_out Q) = s; ranks count singular values above tol * the scale.
+    ``factors`` = ``eigen_factors(system.A)`` if already computed. C_out gives each agent's outputs on its
+    own data, the quantities its loss is made of.
+    """
+    lam, Q, Qi = factors if factors is not None else eigen_factors(system.A)
+    LB, CQ = Qi @ system.B, system.C_out @ Q
+    scale_b = tol * np.linalg.norm(system.B, 2) * np.linalg.norm(Qi, 2)
+    scale_c = tol * np.linalg.norm(system.C_out, 2) * np.linalg.norm(Q, 2)
+    free = np.ones(len(lam), dtype=bool)
+    uncontrollable = unobservable = 0
+    for i in range(len(lam)):
+        if not free[i]:
+            continue
+        cluster = free & (np.abs(lam - lam[i]) <= 1e-9 * max(1.0, abs(lam[i])))
+        free &= ~cluster
+        s = int(cluster.sum())
+        uncontrollable += s - int((np.linalg.svd(LB[cluster], compute_uv=False) > scale_b).sum())
+        unobservable += s - int((np.linalg.svd(CQ[:, cluster], compute_uv=False) > scale_c).sum())
+    return {"controllable": uncontrollable == 0, "observable": unobservable == 0,
+            "minimal": uncontrollable == 0 and unobservable == 0,
+            "uncontrollable_modes": uncontrollable, "unobservable_modes": unobservable, "states": len(lam)}
+
+
+def stability_report(kp: KernelProblem, algorithm: str, alpha: float) -> dict:
+    """The ``p2pntk stability`` keys: doubly_stochastic, minimal, max_real_eig, spectral_radius, lr_max.
+
+    max_real_eig is the largest real part of the eigenvalues of the reduced A - I (the flow's matrix;
+    negative means the flow is asymptotically stable), spectral_radius is rho(A) at ``alpha``; both for
+    ``algorithm``. The dense parts are skipped (None) when the reduced system has more than
+    MAX_FLOW_STATES states; lr_max is then the unverified closed form.
+    """
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {algorithm!r}")
+    report: dict = {"algorithm": algorithm, "lr": alpha, "doubly_stochastic": doubly_stochastic(kp.W)}
+    system = reduced_system(kp, algorithm, alpha) if _dense_ok(kp) else None
+    if system is None:
+        report.update(minimal=None, max_real_eig=None, spectral_radius=None, lr_max=lr_max_all(kp))
+        report["note"] = f"reduced system larger than {MAX_FLOW_STATES} states: dense checks skipped"
+        return report
+    factors = eigen_factors(system.A)
+    eig = factors[0]
+    report.update(minimality(system, factors))
+    report.update(max_real_eig=float(eig.real.max() - 1.0), spectral_radius=float(np.abs(eig).max()),
+                  lr_max=lr_max_all(kp, verify=True))
+    report["stable"] = bool(report["spectral_radius"] < 1)
+    return report
+
+
+def _dense_ok(kp: KernelProblem) -> bool:
+    return kp.N * kp.basis[0].shape[1] <= MAX_FLOW_STATES
