@@ -1,7 +1,8 @@
-"""Kernel backends: the compute a device runs for forward, loss + gradient.
+"""Kernel backends: the compute a device runs for forward, loss + gradient and the local update.
 
-``make_kernels(name, cfg, dtype)`` returns an object with ``forward(theta, X)`` and
-``loss_and_grad(theta, X, Y)``. ``numpy`` is the hand-written reference in ``agent.model``;
+``make_kernels(name, cfg, dtype, **settings)`` returns an object with ``forward(theta, X)``,
+``loss_and_grad(theta, X, Y)`` and ``descent(theta, X, Y, alpha, base)``. ``numpy`` is the
+hand-written reference in ``agent.model``;
 ``onnx`` (ONNX Runtime graphs built by the project) is selected with ``[train] kernels = "onnx"``.
 """
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from agent import model
+from agent.algorithms import finish
 from agent.model import ModelConfig
 from firmware_profiles.errors import UserError
 
@@ -26,6 +28,12 @@ class NumpyKernels:
 
     def loss_and_grad(self, theta: np.ndarray, X: np.ndarray, Y: np.ndarray) -> tuple[float, np.ndarray]:
         return model.loss_and_grad(self.cfg, theta, X, Y)
+
+    def descent(self, theta: np.ndarray, X: np.ndarray, Y: np.ndarray, alpha: float,
+                base: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+        """(L(theta), base - alpha grad L(theta)), base defaulting to theta: the local step of ``agent.algorithms``."""
+        value, g = self.loss_and_grad(theta, X, Y)
+        return value, finish("dgd", theta, theta if base is None else base, None, alpha, grad_theta=g)
 
 
 def make_kernels(name: str, cfg: ModelConfig, dtype: np.dtype | str = np.float32, **settings):
