@@ -33,16 +33,24 @@ def test_agent_drops_malformed_messages_and_finishes(tmp_path):
     good = {"type": "params", "sender": 1, "algorithm": "dgd", "model_hash": cfg.hash()}
     ctx = zmq.Context()
     raw = ctx.socket(zmq.PUSH)
-    raw.connect(addrs[0])
+    stderr = tmp_path / "agent0.stderr"
+
+    def wait_for_drops(n: int) -> None:  # the raw socket's connection is not ordered with the transport's
+        end = time.time() + 20
+        while stderr.read_text().count("dropped message (invalid)") < n and time.time() < end:
+            time.sleep(0.01)
+
     try:
         with Transport(1, addrs[1], {0: addrs[0]}, model_hash=cfg.hash(), spec_hash=spec_hash(swarm.spec),
                        algorithm="dgd", dtype="float64", shape=(cfg.num_params,), context=ctx) as me:
             me.handshake(1, timeout=30)
+            raw.connect(addrs[0])
             for k in range(rounds):
                 raw.send_multipart([b"\xff\xfegarbage", b"123"])
                 raw.send_multipart(encode({**good, "round": k}, np.zeros(5)))
                 raw.send_multipart(encode({**good, "round": k}, np.full(cfg.num_params, np.nan)))
                 raw.send_multipart(encode({**good, "round": k, "model_hash": "0" * 16}, theta))
+                wait_for_drops(4 * (k + 1))
                 got = me.exchange(k, theta, deadline=10)
                 assert set(got) == {0}
             me.bye()
