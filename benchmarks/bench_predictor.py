@@ -77,20 +77,26 @@ def ratio_case(quick: bool, threads: int | None = None) -> list[dict]:
 
 
 def scaling(quick: bool) -> list[dict]:
-    """Forecast cost (kernel, rounds, lr_max) for N agents x n samples (synthetic data, width 1024)."""
+    """Forecast cost (kernel, rounds, lr_max) for N agents x n samples (synthetic data, width 1024),
+    against simulate, both on one BLAS thread where threadpoolctl is installed (see ``ratio_case``)."""
     grid = [(4, 40), (16, 40), (64, 10), (64, 40)] if not quick else [(4, 20), (64, 10)]
     rows = []
-    for agents, per_agent in grid:
-        swarm = Swarm.from_spec(spec_for(width=1024, agents=agents, per_agent=per_agent, data="synthetic",
-                                         topology="exponential"))
-        t_pred, (pred, _) = best_of(lambda: forecast(swarm), 1 if quick else 2)
-        t_sim, _ = best_of(lambda: simulate(swarm), 1)
-        Mk = agents * per_agent * swarm.problem.Y_train.shape[1]
-        rows.append({"agents": agents, "samples_per_agent": per_agent, "Mk": Mk,
-                     "kernel_MB": Mk * Mk * 8 / 2**20, "predict_s": t_pred,
-                     "kernel_s": pred["timings"]["kernel_s"], "dynamics_s": pred["timings"]["dynamics_s"],
-                     "lr_max_s": pred["timings"]["lr_max_s"], "simulate_s": t_sim, "ratio": t_sim / t_pred})
+    with blas_threads(1) or contextlib.nullcontext():
+        for agents, per_agent in grid:
+            rows.append(_scaling_row(agents, per_agent, quick))
     return rows
+
+
+def _scaling_row(agents: int, per_agent: int, quick: bool) -> dict:
+    swarm = Swarm.from_spec(spec_for(width=1024, agents=agents, per_agent=per_agent, data="synthetic",
+                                     topology="exponential"))
+    t_pred, (pred, _) = best_of(lambda: forecast(swarm), 1 if quick else 2)
+    t_sim, _ = best_of(lambda: simulate(swarm), 1)
+    Mk = agents * per_agent * swarm.problem.Y_train.shape[1]
+    return {"agents": agents, "samples_per_agent": per_agent, "Mk": Mk, "kernel_MB": Mk * Mk * 8 / 2**20,
+            "predict_s": t_pred, "kernel_s": pred["timings"]["kernel_s"],
+            "dynamics_s": pred["timings"]["dynamics_s"], "lr_max_s": pred["timings"]["lr_max_s"],
+            "simulate_s": t_sim, "ratio": t_sim / t_pred}
 
 
 def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
@@ -113,7 +119,7 @@ def run(quick: bool = False, out: str | None = None) -> dict:
     print(table(ratio, [("threads", "blas_threads", ""), ("simulate", "simulate_dtype", ""),
                         ("kernel", "kernel_dtype", "")] + TIMES + [("traj err", "max_trajectory_error", ".2e")]))
     scale = scaling(quick)
-    print("\nscaling (synthetic data, width 1024, exponential graph, DGD, 100 rounds; predictor in float64)")
+    print("\nscaling (synthetic data, width 1024, exponential graph, DGD, 100 rounds, float64, 1 BLAS thread)")
     print(table(scale, [("N", "agents", "d"), ("n/agent", "samples_per_agent", "d"), ("Mk", "Mk", "d"),
                         ("K MB", "kernel_MB", ".1f")] + TIMES))
     result = {"ratio": ratio, "scaling": scale}

@@ -65,7 +65,7 @@ def flow_vs_discrete(lrs_over_max=(0.01, 0.1, 0.5, 0.9, 1.1), lr_small: float = 
 
 
 def reproduce(out: str | Path, width: int = 4096, widths=WIDTHS, sweep_rounds: int = 100,
-              seeds=SWEEP_SEEDS, progress: Callable[[int, int, str], None] | None = None) -> dict:
+              seeds=SWEEP_SEEDS, rounds: int = 100, progress: Callable[[int, int, str], None] | None = None) -> dict:
     """Run every experiment, write the PNGs and ``out/results.json``; return the results dict.
 
     The width sweep averages the worst agent's error over the theta_0 draws ``seeds`` and fits the
@@ -87,7 +87,7 @@ def reproduce(out: str | Path, width: int = 4096, widths=WIDTHS, sweep_rounds: i
     panels: dict[str, dict] = {}
     figures: list[str] = []
     for alg in ALGS:
-        pred, sim, panels[f"fig1_{alg}"] = run_panel(paper_spec("affine", "complete", alg))
+        pred, sim, panels[f"fig1_{alg}"] = run_panel(paper_spec("affine", "complete", alg, rounds=rounds))
         path = out / f"fig1_{alg}.png"
         plot_comparison(pred, sim, path, title=f"Figure 1 ({alg.upper()}): affine classifier, complete graph, "
                                                 f"max error {100 * panels[f'fig1_{alg}']['max']:.2g}%")
@@ -95,7 +95,7 @@ def reproduce(out: str | Path, width: int = 4096, widths=WIDTHS, sweep_rounds: i
         tick(f"fig1 {alg}")
         fig, axes = plt.subplots(2, len(TOPOLOGIES), figsize=(15, 7.2), squeeze=False)
         for col, topo in enumerate(TOPOLOGIES):
-            pred, sim, s = run_panel(paper_spec("mlp", topo, alg, width))
+            pred, sim, s = run_panel(paper_spec("mlp", topo, alg, width, rounds=rounds))
             panels[f"fig2_{alg}_{topo}"] = s
             plot_comparison(pred, sim, None, ax_list=axes[:, col])
             axes[0, col].set_title(f"({'abc'[col]}) {topo}: max error {100 * s['max']:.2g}%", fontsize=10)
@@ -124,7 +124,7 @@ def reproduce(out: str | Path, width: int = 4096, widths=WIDTHS, sweep_rounds: i
     tick("flow vs discrete")
     results = {"panels": panels, "width_sweep": sweep, "width_sweep_slope": slope,
                "flow_vs_discrete": flow, "figures": figures,
-               "settings": {"agents": 6, "samples_per_agent": 40, "classes": [0, 1], "lr": 0.5, "rounds": 100,
+               "settings": {"agents": 6, "samples_per_agent": 40, "classes": [0, 1], "lr": 0.5, "rounds": rounds,
                             "width": width, "sweep_widths": list(widths), "sweep_rounds": sweep_rounds,
                             "sweep_seeds": list(seeds),
                             "dtype": "float64", "error": "||forecast - actual||_2 / ||actual||_2 per agent"},

@@ -41,7 +41,7 @@ def spectral_radius(system: ReducedSystem) -> float:
     """rho(A) of the reduced discrete system; the rounds converge iff rho < 1."""
     A = system.A
     if np.allclose(A, A.T, rtol=0, atol=1e-13 * max(np.abs(A).max(), 1.0)):
-        return float(np.abs(sl.eigvalsh(0.5 * (A + A.T), subset_by_index=None)).max())
+        return float(np.abs(sl.eigvalsh(0.5 * (A + A.T))).max())
     return float(np.abs(sl.eigvals(A, check_finite=False)).max())
 
 
@@ -165,7 +165,9 @@ def stability_report(kp: KernelProblem, algorithm: str, alpha: float) -> dict:
     report: dict = {"algorithm": algorithm, "lr": alpha, "doubly_stochastic": doubly_stochastic(kp.W)}
     system = reduced_system(kp, algorithm, alpha) if _dense_ok(kp) else None
     if system is None:
-        report.update(minimal=None, max_real_eig=None, spectral_radius=None, lr_max=lr_max_all(kp))
+        report.update(minimal=None, max_real_eig=None, spectral_radius=None, lr_max=lr_max_all(kp),
+                      lr_max_exact=lr_max_exact(kp.W))
+        report["stable"] = bool(alpha < report["lr_max"][algorithm])
         report["note"] = f"reduced system larger than {MAX_FLOW_STATES} states: dense checks skipped"
         return report
     factors = eigen_factors(system.A)

@@ -8,6 +8,7 @@ import pytest
 import scipy.linalg as sl
 import torch
 from scipy.integrate import solve_ivp
+from threadpoolctl import threadpool_limits
 from torch.func import jacrev
 
 from agent.simulator import simulate
@@ -18,6 +19,13 @@ from predictor.compare import compare_results, trajectory_error
 from predictor.dynamics import Flow, discrete_rounds, own_outputs, reduced_system
 from predictor.forecast import forecast, kernel_problem
 from tests.torch_reference import mlp
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread():
+    """One BLAS thread: on a shared 2-core machine, threaded BLAS stalls when another process runs."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 SMALL = ["data.samples_per_agent=10", "data.test_samples=20", "network.agents=4", "train.rounds=25",
          "train.dtype=\"float64\""]

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 from torch.func import jacrev
 
 from agent.model import ModelConfig, init_params
@@ -9,6 +10,13 @@ from predictor.ntk import chunk_rows, empirical_ntk, train_test_ntk
 from predictor.ntk_torch import empirical_ntk as torch_ntk
 from predictor.ntk_torch import module_ntk
 from tests.torch_reference import mlp
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread():
+    """One BLAS thread: on a shared 2-core machine, threaded BLAS stalls when another process runs."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 CASES = [  # kind, depth, activation, k
     ("affine", 0, "relu", 1),

@@ -2,6 +2,7 @@
 independently built parameter-space system, Proposition 1 in reduced vs kernel coordinates."""
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from agent.simulator import simulate
 from agent.swarm import Swarm
@@ -10,6 +11,13 @@ from coordinator_free.topology import build_graph, mixing_matrix
 from predictor.dynamics import KernelProblem, reduced_system
 from predictor.forecast import kernel_problem
 from predictor.stability import doubly_stochastic, lr_max, lr_max_exact, stability_report
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread():
+    """One BLAS thread: on a shared 2-core machine, threaded BLAS stalls when another process runs."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 @pytest.mark.parametrize("alg", ["dgd", "atc", "cta"])

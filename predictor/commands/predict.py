@@ -73,7 +73,7 @@ def run(args) -> int:
         t, lr = spec["train"], results["lr_max"]
         print(f"predict ({results['mode']}): {swarm.n_agents} agents, {spec['network']['topology']}, "
               f"{t['algorithm'].upper()} lr={t['lr']}, {t['rounds']} rounds, P={swarm.cfg.num_params}, "
-              f"{results['timings']['total_s']:.3f}s")
+              f"{results['kernel_dtype']} kernel, {results['timings']['total_s']:.3f}s")
         print(loss_table(results))
         print(f"lr_max: dgd {lr['dgd']:.4g}, atc {lr['atc']:.4g}, cta {lr['cta']:.4g}")
         if not results["stable"]:
