@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "predictor.commands.export_onnx",
     "predictor.commands.loopback",
     "predictor.commands.profiles",
+    "predictor.commands.tune",
 ]
 
 

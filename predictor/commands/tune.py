@@ -1,0 +1,118 @@
+"""``p2pntk tune`` (pick lr, width, rounds from forecasts) and ``p2pntk predict-local`` (a board's own forecast)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from coordinator_free.fileio import write_json, write_text
+from coordinator_free.progress import ProgressBar
+from coordinator_free.spec import dumps_toml, load_spec
+from firmware_profiles.errors import UserError
+from predictor.tune import parse_grid, tune, tune_table
+
+
+def _spec_or_node(path: str | None, overrides: list[str]):
+    """(spec, node or None): a node file is recognised by its id/bind keys."""
+    if path and Path(path).suffix == ".toml" and Path(path).exists():
+        head = Path(path).read_text()
+        if "\nbind" in "\n" + head or head.startswith("id"):
+            from agent.node import load_node
+            node = load_node(path)
+            from coordinator_free.spec import parse_override, resolve
+            raw = {sec: dict(body) for sec, body in node.spec.items()}
+            for text in overrides:
+                sec, key, value = parse_override(text)
+                raw.setdefault(sec, {})[key] = value
+            node.spec = resolve(raw, f"node file {path} [spec]")
+            return node.spec, node
+    return load_spec(path, overrides), None
+
+
+def register(sub) -> None:
+    p = sub.add_parser("tune", help="pick lr (and width, rounds) by forecasting, never above lr_max",
+                       description="Forecast every candidate with the NTK dynamics and pick the one with the lowest "
+                                   "forecast loss at the budget. With a node file, the board tunes on its own data.")
+    p.add_argument("spec", nargs="?", default=None, metavar="SPEC_OR_NODE")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--budget-rounds", type=int, metavar="R")
+    budget.add_argument("--budget-seconds", type=float, metavar="S",
+                        help="wall-clock budget; needs a profile for the time per round")
+    p.add_argument("--grid", default=None, metavar="lr=...,width=...,rounds=...",
+                   help="candidates (default: 12 lrs log-spaced up to 0.9 lr_max, the spec's width)")
+    p.add_argument("--objective", default="train", choices=("train", "test"),
+                   help="minimise the final train (default) or test loss, mean over agents")
+    p.add_argument("--pick-rounds", action="store_true", help="also pick the best round count within the budget")
+    p.add_argument("--profile", default=None, help="device profile for --budget-seconds (default: device.profiles[0])")
+    p.add_argument("--out", default="runs/tune.json")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run)
+
+    lp = sub.add_parser("predict-local", help="a board's forecast of its own loss from its own data (node file)",
+                        description="Forecast this agent's trajectory from its own data, the topology and W only; "
+                                    "optionally recalibrated on the losses in its round log.")
+    lp.add_argument("node", metavar="NODE.toml")
+    lp.add_argument("--observed", default=None, metavar="LOG.jsonl",
+                    help="the agent's round log: recalibrate on the rounds observed so far")
+    lp.add_argument("--out", default="runs/predict-local.json")
+    lp.set_defaults(func=run_local)
+
+
+def run(args) -> int:
+    if args.budget_rounds is not None and args.budget_rounds < 1:
+        raise UserError(f"--budget-rounds {args.budget_rounds}: must be >= 1")
+    if args.budget_seconds is not None and args.budget_seconds <= 0:
+        raise UserError(f"--budget-seconds {args.budget_seconds}: must be positive")
+    spec, node = _spec_or_node(args.spec, args.overrides)
+    profile = args.profile or (spec["device"]["profiles"][0] if spec["device"]["profiles"] else None) \
+        or (node.profile if node is not None else None)
+    bar = ProgressBar(1, "tune", enabled=not args.quiet)
+
+    def progress(done, total):
+        bar.total = total
+        bar.update(done)
+
+    result = tune(spec, budget_rounds=args.budget_rounds, budget_seconds=args.budget_seconds,
+                  grid=parse_grid(args.grid), objective=args.objective, profile=profile,
+                  pick_rounds=args.pick_rounds, node=node, progress=progress)
+    bar.close()
+    out = Path(args.out)
+    spec_path = out.with_suffix(".spec.toml")
+    write_text(spec_path, dumps_toml(result["spec"]))
+    result["spec_file"] = str(spec_path)
+    write_json(out, result)
+    if not args.quiet:
+        print(tune_table(result))
+        secs = f", {result['seconds_per_round']:.3g} s/round on {profile}" if result["seconds_per_round"] else ""
+        print(f"chosen: lr={result['lr']:.4g} (lr_max {result['lr_max']:.4g}), width {result['width']}, "
+              f"{result['rounds']} rounds{secs}; forecast {result['objective']} = {result['predicted_loss']:.5g} "
+              f"({result['timings']['total_s']:.2f} s)")
+    print(f"wrote {out} and the ready spec {spec_path}")
+    return 0
+
+
+def run_local(args) -> int:
+    from agent.node import load_node
+    from predictor.tune import _local_runner
+    node = load_node(args.node)
+    t = node.spec["train"]
+    runner = _local_runner(node.spec, node)
+    delta, rho, observed = None, 0.0, []
+    if args.observed:
+        try:
+            observed = [json.loads(line)["train_loss"] for line in Path(args.observed).read_text().splitlines()
+                        if line.strip()]
+        except (OSError, ValueError, KeyError) as err:
+            raise UserError(f"--observed {args.observed}: not an agent round log ({err})") from None
+        delta, rho = runner.lf.recalibrate(observed, t["algorithm"], float(t["lr"]))
+    f = runner.lf.forecast(t["algorithm"], float(t["lr"]), t["rounds"], *(() if delta is None else (delta, rho)))
+    f.update({"kind": "predict-local", "recalibrated_on_rounds": max(len(observed) - 1, 0),
+              "lr_max": runner.lr_max, "spec": node.spec})
+    write_json(args.out, f)
+    L = np.asarray(f["train_loss"])
+    print(f"agent {node.id}: forecast train loss {L[0]:.4g} -> {L[-1]:.4g} after {t['rounds']} rounds "
+          f"(assumption: {f['assumption']}; delta_scale={f['delta_scale']}, rho={f['rho']})")
+    print(f"wrote {args.out}")
+    return 0

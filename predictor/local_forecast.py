@@ -1,0 +1,128 @@
+"""On-device forecast: agent q predicts its own loss trajectory from its own data, the topology and W.
+
+No other agent's data leaves its device, so agent q builds a *replica swarm*. Assumption (reported
+with every forecast): every other agent's data is statistically like q's own, with balanced classes.
+Concretely, agent r != q holds a class-balanced resample of q's samples, and the kernel between
+samples of *different* agents keeps only the shared part of q's empirical NTK,
+C = U max(Lambda - delta, 0) U^T (K_qq = U Lambda U^T): the components below delta are specific to
+each agent's samples and independent across agents. delta = delta_scale * mean(diag K_qq).
+The replica swarm then runs through the same kernel-space dynamics as the global predictor.
+``recalibrate`` refits two knobs to the losses observed in the first rounds of real training:
+delta_scale, and rho, how far the replicas' targets lie from q's own towards the class-balanced
+mean (rho = 0: iid; rho = 1: the others' labels, on average, carry no information about q's classes,
+as in a by-label split).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from agent.model import ModelConfig
+from predictor.dynamics import KernelProblem, discrete_rounds
+from predictor.forecast import loss_curves
+from predictor.ntk import train_test_ntk
+
+ASSUMPTION = ("replica swarm: every other agent's data is statistically like this agent's own, with balanced "
+              "classes; kernel components below delta are specific to each agent")
+DELTA_SCALES = (0.0, 0.1, 0.25, 0.5, 1.0)
+RHOS = (0.0, 0.25, 0.5, 0.75, 1.0)
+DEFAULT_DELTA_SCALE = 0.25
+
+
+class LocalForecaster:
+    """Agent q's replica swarm; the empirical NTK of its own samples is computed once.
+
+    ``cfg``, ``theta0``: the shared model; ``X``, ``Y`` (n, d), (n, k): q's own data; ``W`` (N, N): the
+    mixing matrix from the spec's topology rule (or the agent's row and its neighbours' degrees);
+    ``X_test``, ``Y_test``: q's own held-out data (optional).
+    """
+
+    def __init__(self, cfg: ModelConfig, theta0: np.ndarray, X: np.ndarray, Y: np.ndarray, W: np.ndarray, q: int,
+                 X_test: np.ndarray | None = None, Y_test: np.ndarray | None = None, seed: int = 0,
+                 balance: bool = True) -> None:
+        self.q, self.W, self.k = q, np.asarray(W, np.float64), Y.shape[1]
+        self.Y = np.asarray(Y, np.float64)
+        Xt = X[:1] if X_test is None else X_test
+        self.Y_test = self.Y[:1] if Y_test is None else np.asarray(Y_test, np.float64)
+        self.has_test = X_test is not None
+        K, Kt, self.f0, self.f0_test = train_test_ntk(cfg, np.asarray(theta0, np.float64), X, Xt)
+        self.K, self.K_test = K, Kt
+        lam, self.U = np.linalg.eigh(K)
+        self.lam = np.maximum(lam, 0.0)
+        self.diag_mean = float(np.mean(np.diag(K)))
+        self.samples = self._replica_samples(seed, balance)
+
+    def _replica_samples(self, seed: int, balance: bool) -> list[np.ndarray]:
+        """Sample indices (into q's own data) that each agent of the replica swarm holds.
+
+        balance=False gives every agent an exact copy of q's samples (then, with delta = 0, the replica
+        swarm is plain gradient descent on q's own data, whatever the topology).
+        """
+        n, N = len(self.Y), self.W.shape[0]
+        if not balance:
+            return [np.arange(n) for _ in range(N)]
+        labels = self.Y[:, 0] > 0 if self.k == 1 else self.Y.argmax(axis=1)
+        groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+        rng = np.random.default_rng([seed, self.q, 4242])
+        out = []
+        for r in range(N):
+            if r == self.q:
+                out.append(np.arange(n))
+                continue
+            sizes = np.full(len(groups), n // len(groups))
+            sizes[:n % len(groups)] += 1
+            out.append(np.concatenate([rng.choice(g, s, replace=True) for g, s in zip(groups, sizes)]))
+        return out
+
+    def kernel_problem(self, delta_scale: float = DEFAULT_DELTA_SCALE, rho: float = 0.0) -> KernelProblem:
+        """The replica swarm's KernelProblem (M = N n samples, built from q's kernel alone)."""
+        k = self.k
+        delta = delta_scale * self.diag_mean
+        C = (self.U * np.maximum(self.lam - delta, 0.0)) @ self.U.T
+        idx = np.concatenate(self.samples)
+        owner = np.repeat(np.arange(len(self.samples)), [len(s) for s in self.samples])
+        vec = (idx[:, None] * k + np.arange(k)).ravel()          # output-major vec indices
+        own = np.repeat(owner, k)
+        same = own[:, None] == own[None, :]
+        K = np.where(same, self.K[np.ix_(vec, vec)], C[np.ix_(vec, vec)])
+        Y = self.Y[idx].copy()
+        others = owner != self.q
+        Y[others] = (1 - rho) * Y[others] + rho * (0.0 if k == 1 else 1.0 / k)
+        return KernelProblem(K=K, K_test=self.K_test[:, vec], f0=self.f0[idx], f0_test=self.f0_test,
+                             Y=Y, Y_test=self.Y_test, agent_of_sample=owner, W=self.W)
+
+    def forecast(self, algorithm: str, alpha: float, rounds: int, delta_scale: float = DEFAULT_DELTA_SCALE,
+                 rho: float = 0.0, batch: int | str = "full", seed: int = 0) -> dict:
+        """This agent's forecast: {"train_loss": [...], "test_loss": [...] (if a test set), ...}."""
+        kp = self.kernel_problem(delta_scale, rho)
+        own, test, _ = discrete_rounds(kp, algorithm, alpha, rounds, batch=batch, seed=seed)
+        curves = loss_curves(kp, own, test)
+        out = {"agent": self.q, "train_loss": curves["train_loss"][self.q], "delta_scale": delta_scale,
+               "rho": rho, "assumption": ASSUMPTION}
+        if self.has_test:
+            out["test_loss"] = curves["test_loss"][self.q]
+            out["test_accuracy"] = curves["test_accuracy"][self.q]
+        return out
+
+    def recalibrate(self, observed_train_loss: list[float], algorithm: str, alpha: float,
+                    batch: int | str = "full", seed: int = 0, gain: float = 4.0) -> tuple[float, float]:
+        """(delta_scale, rho) whose forecast best fits the train losses observed so far (log error, rounds 0..R).
+
+        With fewer than 2 observed rounds it returns the defaults (the iid assumption), and it keeps
+        them unless another choice fits the observed rounds at least ``gain`` times better: a few
+        early rounds barely tell the knobs apart, and a small win there is noise.
+        """
+        obs = np.asarray(observed_train_loss, float)
+        R = len(obs) - 1
+        if R < 2:
+            return DEFAULT_DELTA_SCALE, 0.0
+        best, best_err, default_err = (DEFAULT_DELTA_SCALE, 0.0), np.inf, np.inf
+        for s in DELTA_SCALES:
+            for rho in RHOS:
+                f = np.asarray(self.forecast(algorithm, alpha, R, s, rho, batch, seed)["train_loss"])
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    err = float(np.nansum((np.log(f) - np.log(obs)) ** 2))
+                if (s, rho) == (DEFAULT_DELTA_SCALE, 0.0):
+                    default_err = err
+                if err < best_err:
+                    best, best_err = (s, rho), err
+        return best if best_err * gain < default_err else (DEFAULT_DELTA_SCALE, 0.0)

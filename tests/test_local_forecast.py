@@ -1,0 +1,108 @@
+"""On-device forecast (replica swarm) and the tuner: closed forms, accuracy against training, stability."""
+import json
+
+import numpy as np
+import pytest
+
+from agent.simulator import simulate
+from agent.swarm import Swarm
+from coordinator_free.spec import load_spec
+from predictor.cli import main
+from predictor.compare import trajectory_error
+from predictor.forecast import forecast
+from predictor.local_forecast import LocalForecaster
+from predictor.ntk import empirical_ntk
+from predictor.tune import lr_grid, parse_grid, tune
+
+
+def _swarm(*overrides):
+    return Swarm.from_spec(load_spec(None, ["train.dtype=float64", *overrides]))
+
+
+def test_exact_copies_without_specific_part_is_local_gradient_descent_closed_form():
+    """delta = 0 and exact copies: every replica agent runs GD on q's data, r(t) = (I - alpha K / n)^t r(0)."""
+    sw = _swarm("model.width=256", "network.agents=5", "data.samples_per_agent=12", "network.topology=star")
+    X, Y = sw.problem.agent_data(2)
+    lf = LocalForecaster(sw.cfg, sw.theta0, X, Y, sw.W, 2, balance=False)
+    got = lf.forecast("atc", 0.7, 30, delta_scale=0.0)["train_loss"]
+    from agent.model import forward
+    K = empirical_ntk(sw.cfg, sw.theta0, X)
+    r = (forward(sw.cfg, sw.theta0, X) - Y).ravel()
+    step = np.eye(len(r)) - 0.7 * K / len(X)
+    expected = []
+    for _ in range(31):
+        expected.append(r @ r / (2 * len(X)))
+        r = step @ r
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
+
+
+def test_local_forecast_iid_within_5_percent_of_training_and_by_label_reported():
+    """The acceptance setup: width 2048, 8 agents on a cycle, iid digits 0/1 (30 each), DGD lr 0.5, 100 rounds."""
+    errors = {}
+    for split in ("iid", "by-label"):
+        sw = _swarm("model.width=2048", "network.agents=8", f"data.split={split}", "data.samples_per_agent=30")
+        actual, glob = simulate(sw), forecast(sw)[0]
+        p = sw.problem
+        errs = []
+        for q in range(8):
+            X, Y = p.agent_data(q)
+            f = LocalForecaster(sw.cfg, sw.theta0, X, Y, sw.W, q, p.X_test, p.Y_test).forecast("dgd", 0.5, 100)
+            errs.append((trajectory_error(f["train_loss"], actual["train_loss"][q]),
+                         trajectory_error(f["train_loss"], glob["train_loss"][q])))
+        errors[split] = np.array(errs)
+    assert errors["iid"][:, 0].max() < 0.05 and errors["iid"][:, 1].max() < 0.05
+    assert errors["by-label"][:, 0].max() > 0.2  # the replica assumption is wrong there, and the error says so
+
+
+def test_recalibration_on_observed_rounds_helps_a_by_label_split():
+    sw = _swarm("model.width=1024", "network.agents=6", "data.split=by-label", "data.samples_per_agent=30")
+    actual = simulate(sw)
+    X, Y = sw.problem.agent_data(0)
+    lf = LocalForecaster(sw.cfg, sw.theta0, X, Y, sw.W, 0)
+    before = trajectory_error(lf.forecast("dgd", 0.5, 100)["train_loss"], actual["train_loss"][0])
+    delta, rho = lf.recalibrate(actual["train_loss"][0][:21], "dgd", 0.5)
+    after = trajectory_error(lf.forecast("dgd", 0.5, 100, delta, rho)["train_loss"], actual["train_loss"][0])
+    assert rho > 0 and after < 0.8 * before
+
+
+def test_tuner_never_picks_an_unstable_lr_and_matches_the_best_actual_run():
+    spec = load_spec(None, ["model.width=1024", "train.rounds=60", "network.agents=4", "data.samples_per_agent=20"])
+    result = tune(spec, budget_rounds=60)
+    lr_max = result["lr_max"]
+    assert all(r["lr"] < lr_max for r in result["table"]) and len(result["table"]) == 12
+    finals = []
+    for row in result["table"]:
+        s = load_spec(None, ["model.width=1024", "train.rounds=60", "network.agents=4", "data.samples_per_agent=20",
+                             f"train.lr={row['lr']}"])
+        finals.append(np.mean(np.asarray(simulate(Swarm.from_spec(s))["train_loss"])[:, -1]))
+    chosen = [r["lr"] for r in result["table"]].index(result["lr"])
+    assert finals[chosen] <= 1.05 * min(finals)
+    # an explicit grid with an lr above lr_max: marked unstable, never chosen
+    above = tune(spec, budget_rounds=60, grid={"lr": [0.5 * lr_max, 1.5 * lr_max]})
+    assert above["lr"] == pytest.approx(0.5 * lr_max)
+    assert [r["stable"] for r in above["table"]] == [True, False]
+
+
+def test_grid_parsing_and_defaults():
+    assert parse_grid("lr=0.1,0.2,width=1024,2048,rounds=50") == {"lr": [0.1, 0.2], "width": [1024, 2048],
+                                                                   "rounds": [50]}
+    g = lr_grid(2.0)
+    assert len(g) == 12 and g[0] == pytest.approx(0.02) and g[-1] == pytest.approx(1.8)
+
+
+def test_tune_cli_seconds_budget_with_profile_and_node_file(tmp_path):
+    out = tmp_path / "t.json"
+    assert main(["tune", "--quiet", "--budget-seconds", "30", "--profile", "raspberry-pi-4b", "--out", str(out),
+                 "--grid", "width=256,512", "--set", "network.agents=4", "--set", "data.samples_per_agent=20"]) == 0
+    r = json.loads(out.read_text())
+    assert r["width"] in (256, 512) and r["seconds_per_round"] > 0
+    assert r["rounds"] == int(30 // [row for row in r["table"] if row["width"] == r["width"]][0]["seconds_per_round"])
+    assert (tmp_path / "t.spec.toml").exists()
+    # a board tunes from its own node file
+    from agent.deploy import loopback_addresses, write_node_files
+    sw = Swarm.from_spec(load_spec(None, ["network.agents=3", "model.width=256", "data.samples_per_agent=20"]))
+    node = write_node_files(sw, tmp_path / "nodes", loopback_addresses(3))[1]
+    assert main(["tune", str(node), "--quiet", "--budget-rounds", "50", "--out", str(tmp_path / "n.json")]) == 0
+    r = json.loads((tmp_path / "n.json").read_text())
+    assert "agent 1" in r["objective"] and r["assumption"]
+    assert main(["tune", "--budget-rounds", "5", "--grid", "lr=fast"]) == 2
