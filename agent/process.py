@@ -91,7 +91,7 @@ def _train(node: NodeConfig, learner: LocalLearner, theta: np.ndarray, cfg, peer
                               {pid: int(h["degree"]) for pid, h in hellos.items()}, node.id,
                               spec["network"]["agents"])
         log.info("node %d: handshake done with %s; row %s", node.id, sorted(hellos), base_row)
-        stats = {"bytes_sent": 0, "bytes_received": 0, "round_s": 0.0, "wait_s": 0.0, "step_s": 0.0}
+        stats = {"bytes_sent": 0, "bytes_received": 0, "round_s": 0.0, "wait_s": 0.0, "step_s": 0.0, "exchange_s": 0.0}
         for k in range(rounds + 1):
             record = {"round": k, **learner.evaluate(theta), **stats,
                       "live": sorted(transport.live), "suspected": sorted(transport.suspected)}
@@ -109,7 +109,9 @@ def _train(node: NodeConfig, learner: LocalLearner, theta: np.ndarray, cfg, peer
             if hooks:
                 for _ in transport.live:  # one uplink: the board sends its messages one after another
                     hooks.before_send(message.nbytes + HEADER_BYTES)
+            t_x = time.perf_counter()
             received = transport.exchange(k, message, node.round_deadline)
+            exchange_s = time.perf_counter() - t_x
             row = live_row(base_row, set(received), node.id)
             ids = [node.id, *sorted(received)]
             stacked = np.stack([message] + [received[r] for r in ids[1:]])
@@ -121,7 +123,7 @@ def _train(node: NodeConfig, learner: LocalLearner, theta: np.ndarray, cfg, peer
                 hooks.after_step(step_s)
             stats = {"bytes_sent": transport.bytes_sent - sent0, "bytes_received": transport.bytes_received - recv0,
                      "round_s": time.perf_counter() - t_round, "wait_s": transport.wait_seconds - wait0,
-                     "step_s": step_s}
+                     "step_s": step_s, "exchange_s": exchange_s}
             if node.checkpoint and node.checkpoint_every and (k + 1) % node.checkpoint_every == 0:
                 write_npz(node.checkpoint, theta=theta, round=np.array(k + 1), model_hash=np.array(cfg.hash()))
         transport.bye()

@@ -21,6 +21,7 @@ Run: python benchmarks/bench_transport.py [--params N] [--repeats R] [--dtype fl
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import threading
@@ -133,7 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     args = parser.parse_args(argv)
-    r = run(args.params, args.repeats, args.dtype)
+    report(run(args.params, args.repeats, args.dtype))
+    return 0
+
+
+def report(r: dict) -> None:
     print(f"transport bench: {r['params']} {r['dtype']} params ({r['payload_bytes'] / 1e6:.1f} MB),"
           f" median of {r['repeats']} samples x {r['rounds_per_sample']} rounds")
     print(f"  raw pyzmq echo round trip : {r['raw_echo_s'] * 1e3:8.3f} ms")
@@ -143,8 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  ratio exchange / echo     : {r['ratio']:8.2f}   (target <= 1.5)")
     print(f"  ratio exchange / swap     : {r['ratio_vs_swap']:8.2f}")
     print(f"  ratio copy=False / echo   : {r['ratio_nocopy']:8.2f}")
-    return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def cli(quick: bool = False, out: str | None = None) -> dict:
+    """``p2pntk bench transport``: 1M float32 parameters (100k with --quick)."""
+    r = run(100_000 if quick else 1_000_000, 3 if quick else 7)
+    report(r)
+    if out:
+        Path(out).write_text(json.dumps(r, indent=1))
+    return r

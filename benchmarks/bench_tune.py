@@ -66,3 +66,15 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def cli(quick: bool = False, out: str | None = None) -> dict:
+    """``p2pntk bench tune``: width 4096 (512 with --quick), 100 rounds."""
+    r = run(width=512 if quick else 4096, rounds=40 if quick else 100)
+    print(f"tuned lr {r['tuned_lr']:.4g}: actual final loss {r['tuned_actual_loss']:.5g}; best of the 12-point grid "
+          f"{r['best_actual_lr']:.4g}: {r['best_actual_loss']:.5g} (gap {r['gap'] * 100:+.2f}%)")
+    print(f"tuning {r['tune_s']:.2f} s = {r['tune_over_one_run']:.3f} x one actual run ({r['one_run_s']:.2f} s)")
+    if out:
+        with open(out, "w") as fh:
+            json.dump(r, fh, indent=1)
+    return r

@@ -13,6 +13,9 @@ from firmware_profiles.errors import UserError
 
 TARGETS = {
     "predictor": "benchmarks.bench_predictor:run",
+    "transport": "benchmarks.bench_transport:cli",
+    "loopback": "benchmarks.bench_loopback:cli",
+    "tune": "benchmarks.bench_tune:cli",
 }
 
 
