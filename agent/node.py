@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from coordinator_free.spec import load_spec, resolve, tomllib
+from coordinator_free.spec import load_spec, resolve
 from firmware_profiles.errors import UserError
+from firmware_profiles.profile import read_toml
 
 _KEYS = {"id", "bind", "data", "test", "spec", "out", "log", "checkpoint", "checkpoint_every",
          "round_deadline", "handshake_timeout", "profile", "emulate", "peers", "discovery"}
@@ -62,12 +63,7 @@ def _check(cond: bool, path: Path, key: str, value: Any, expected: str) -> None:
 def load_node(path: str | Path) -> NodeConfig:
     """Parse and validate a node file."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"node file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as err:
-        raise UserError(f"node file {path} is not valid TOML: {err}") from None
+    raw = read_toml(path, f"node file {path}")
     unknown = set(raw) - _KEYS
     if unknown:
         raise UserError(f"node file {path}: unknown key {sorted(unknown)[0]} (known: {', '.join(sorted(_KEYS))})")

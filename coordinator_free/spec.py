@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from firmware_profiles.errors import UserError
+from firmware_profiles.profile import read_toml
 
 try:  # Python 3.11+
     import tomllib
@@ -204,14 +205,7 @@ def load_spec(path: str | Path | None = None, overrides: list[str] = ()) -> Spec
     source = "built-in default spec"
     if path is not None:
         source = str(path)
-        try:
-            raw = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise UserError(f"spec file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as err:
-            raise UserError(f"spec file {path} is not valid TOML: {err}") from None
-        except (OSError, UnicodeDecodeError) as err:
-            raise UserError(f"spec file {path} cannot be read: {err}") from None
+        raw = read_toml(path, f"spec file {path}")
     for text in overrides:
         section, name, value = parse_override(text)
         raw.setdefault(section, {})
