@@ -4,6 +4,9 @@
 does not fit the profile's memory budget (before any socket is opened), and, with ``emulate``,
 makes this host behave like the board: each send waits as the board's link would, and each
 step is padded to the time the board's GFLOPS give (firmware_profiles.emulation).
+The profile's preferred kernels apply per device; its dtype does not override the spec's
+``train.dtype``, because every agent of a swarm must send the same dtype on the wire (a mismatch
+is logged instead).
 """
 from __future__ import annotations
 
@@ -62,6 +65,9 @@ class DeviceHooks:
         profile = device_profile(node.profile, node.spec.get("device", {}))
         hooks = cls(profile, workload(cfg, node.spec, n_local, n_neighbours), node.spec["train"]["algorithm"],
                     node.emulate)
+        if profile.dtype != node.spec["train"]["dtype"]:
+            log.warning("node %d: profile %s prefers %s but the swarm spec says train.dtype = %s; using the spec's",
+                        node.id, profile.name, profile.dtype, node.spec["train"]["dtype"])
         log.info("node %d: profile %s (%s), estimated %.3f s/round%s", node.id, profile.name,
                  profile.compute_device, hooks.estimate["total_s"], " [emulated]" if node.emulate else "")
         return hooks
