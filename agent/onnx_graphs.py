@@ -184,11 +184,15 @@ def _loss_and_grad(g: _Graph, cfg: ModelConfig, params: list[str], grad_out: str
             dh = g("Mul", g("Mul", dF, g.const(scales[-1])), g("Reshape", W_out, g.ints(1, -1)))
         else:
             dh = _gemm(g, dF, W_out, scales[-1], trans_b=True)
+    if cfg.hidden_layers:  # column sums of the (n, width) dz as ones(1, n) @ dz: onnxruntime's
+        # ReduceSum over axis 0 is slow with more than one thread (8x at n = 32)
+        ones = g("ConstantOfShape", g("Concat", g.ints(1), g("Shape", X, start=0, end=1), axis=0),
+                 value=g.onnx.numpy_helper.from_array(np.ones(1, g.dtype)))
     for layer in reversed(range(cfg.hidden_layers)):
         h_in, z, h_out = cache[layer]
         dz = _times_activation_grad(g, cfg.activation, dh, z, h_out)
         grads[2 * layer] = g("Reshape", _gemm(g, h_in, dz, scales[layer], trans_a=True), g.ints(-1))
-        grads[2 * layer + 1] = g("Mul", g("ReduceSum", dz, g.ints(0), keepdims=0), g.const(cfg.b_std))
+        grads[2 * layer + 1] = g("Reshape", _gemm(g, ones, dz, cfg.b_std), g.ints(-1))
         if layer:
             dh = _gemm(g, dz, params[2 * layer], scales[layer], trans_b=True)
     return loss, g("Concat", *grads, axis=0, out=grad_out)

@@ -24,10 +24,10 @@ class ProgressBar:
             return
         frac = min(max(done / self.total, 0.0), 1.0)
         elapsed = time.perf_counter() - self.start
-        eta = elapsed / frac - elapsed if frac > 0 else float("nan")
+        eta = f"{elapsed / frac - elapsed:5.1f}s" if frac > 0 else "    ?"
         filled = int(30 * frac)
         line = (f"{self.label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total} "
-                f"{elapsed:5.1f}s eta {eta:5.1f}s {note}")
+                f"{elapsed:5.1f}s eta {eta} {note}")
         if self.tty:
             self.stream.write("\r" + line[:120].ljust(120))
             self.stream.flush()
