@@ -146,6 +146,8 @@ class OnnxKernels:
         if self.dtype not in (np.float32, np.float64):
             raise UserError(f"train.dtype = {self.dtype.name!r}: the ONNX kernels support float32 and float64")
         self.settings = session_settings(**settings)
+        self._P = cfg.num_params
+        self._sessions: dict[str, ort.InferenceSession] = {}
 
     def __repr__(self) -> str:
         return (f"OnnxKernels({self.cfg.hash()}, {self.dtype.name}, threads={self.settings.threads}, "
@@ -154,7 +156,7 @@ class OnnxKernels:
     @property
     def providers(self) -> list[str]:
         """The providers the sessions actually run on (after fallback)."""
-        return session("forward", self.cfg, self.dtype, self.settings).get_providers()
+        return self._session("forward").get_providers()
 
     def forward(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
         """f(X; theta), shape (n, k)."""
@@ -167,7 +169,7 @@ class OnnxKernels:
         """(L(theta), grad L(theta)) on (X, Y); the gradient has theta's dtype."""
         t = self._theta(theta)
         X, Y = self._batch(X, self.cfg.d, "X"), self._batch(Y, self.cfg.k, "Y", len(X))
-        loss, grad = np.empty((), self.dtype), np.empty(self.cfg.num_params, self.dtype)
+        loss, grad = np.empty((), self.dtype), np.empty(self._P, self.dtype)
         self._run("loss_grad", {onnx_graphs.THETA: t, onnx_graphs.X: X, onnx_graphs.Y: Y},
                   {onnx_graphs.LOSS: loss, onnx_graphs.GRAD: grad})
         return float(loss), grad.astype(theta.dtype, copy=False)
@@ -182,7 +184,7 @@ class OnnxKernels:
         t = self._theta(theta)
         b = t if base is None else self._theta(base)
         X, Y = self._batch(X, self.cfg.d, "X"), self._batch(Y, self.cfg.k, "Y", len(X))
-        loss, new = np.empty((), self.dtype), np.empty(self.cfg.num_params, self.dtype)
+        loss, new = np.empty((), self.dtype), np.empty(self._P, self.dtype)
         self._run("descent", {onnx_graphs.THETA: t, onnx_graphs.X: X, onnx_graphs.Y: Y, onnx_graphs.BASE: b,
                               onnx_graphs.ALPHA: np.asarray(alpha, self.dtype)},
                   {onnx_graphs.LOSS: loss, onnx_graphs.THETA_NEW: new})
@@ -190,7 +192,7 @@ class OnnxKernels:
 
     def _run(self, kind: str, inputs: dict, outputs: dict) -> None:
         """Run with inputs and outputs bound to the numpy buffers (no copies on the CPU)."""
-        sess = session(kind, self.cfg, self.dtype, self.settings)
+        sess = self._session(kind)
         binding = sess.io_binding()
         for name, arr in inputs.items():
             binding.bind_cpu_input(name, arr)
@@ -198,9 +200,15 @@ class OnnxKernels:
             binding.bind_output(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
         sess.run_with_iobinding(binding)
 
+    def _session(self, kind: str) -> ort.InferenceSession:
+        sess = self._sessions.get(kind)
+        if sess is None:
+            sess = self._sessions[kind] = session(kind, self.cfg, self.dtype, self.settings)
+        return sess
+
     def _theta(self, theta: np.ndarray) -> np.ndarray:
-        if theta.shape != (self.cfg.num_params,):
-            raise ValueError(f"theta has shape {theta.shape}, model needs ({self.cfg.num_params},)")
+        if theta.shape != (self._P,):
+            raise ValueError(f"theta has shape {theta.shape}, model needs ({self._P},)")
         return np.ascontiguousarray(theta, self.dtype)
 
     def _batch(self, A: np.ndarray, width: int, name: str, rows: int | None = None) -> np.ndarray:

@@ -71,7 +71,7 @@ def torch_step(cfg: ModelConfig, theta: np.ndarray, X: np.ndarray, Y: np.ndarray
 
 
 def one_case(width: int, batch: int, repeats: int, threads: int, depth: int, d: int, k: int,
-             activation: str, warmup: int, blocks: int = 8, pause: float = 0.3) -> dict:
+             activation: str, warmup: int, blocks: int = 4, pause: float = 0.3) -> dict:
     cfg = ModelConfig(kind="mlp", d=d, k=k, width=width, depth=depth, activation=activation)
     theta = init_params(cfg, np.float32)
     rng = np.random.default_rng(0)
@@ -107,8 +107,8 @@ def one_case(width: int, batch: int, repeats: int, threads: int, depth: int, d: 
 
 
 def run(widths=(1024, 4096, 16384), batches=(32, 256), repeats: int = 30, threads: int | None = None,
-        depth: int = 1, d: int = 64, k: int = 1, activation: str = "relu", warmup: int = 3,
-        blocks: int = 8, pause: float = 0.3) -> dict:
+        depth: int = 1, d: int = 64, k: int = 1, activation: str = "relu", warmup: int = 5,
+        blocks: int = 4, pause: float = 0.3) -> dict:
     """Median float32 train-step times (ms) and the ratios numpy/torch, onnx/torch for every width x batch.
 
     All three backends use ``threads`` threads (default: every core): OpenBLAS through threadpoolctl,
@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     p.add_argument("--d", type=int, default=64, help="input dimension (64: the digits data)")
     p.add_argument("--k", type=int, default=1, help="outputs (1: two classes)")
     p.add_argument("--activation", default="relu", choices=["relu", "erf", "tanh"])
-    p.add_argument("--blocks", type=int, default=8, help="blocks per backend the repeats are split into")
+    p.add_argument("--blocks", type=int, default=4, help="blocks per backend the repeats are split into")
     p.add_argument("--json", default=None, help="also write the result as JSON here")
     args = p.parse_args(argv)
     result = run(args.widths, args.batches, args.repeats, args.threads, args.depth, args.d, args.k,

@@ -241,7 +241,12 @@ def test_benchmark_script_reports_ratios():
     spec = importlib.util.spec_from_file_location("bench_kernels", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    result = bench.run(widths=[16], batches=[4, 8], repeats=2, threads=1, warmup=1, blocks=1, pause=0.0)
+    import torch
+    threads = torch.get_num_threads()
+    try:
+        result = bench.run(widths=[16], batches=[4, 8], repeats=2, threads=1, warmup=1, blocks=1, pause=0.0)
+    finally:
+        torch.set_num_threads(threads)
     assert [(r["width"], r["batch"]) for r in result["rows"]] == [(16, 4), (16, 8)]
     row = result["rows"][0]
     assert row["numpy/torch"] == pytest.approx(row["numpy_ms"] / row["torch_ms"])
