@@ -7,6 +7,7 @@ A board that reads its data from an .npz needs numpy only: scikit-learn is impor
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,15 +36,18 @@ class Problem:
         return int(self.agent_of_sample.max()) + 1
 
 
+@functools.lru_cache(maxsize=1)
 def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's bundled 8x8 digits (1797 images), pixels scaled to [0, 1]."""
+    """scikit-learn's bundled 8x8 digits (1797 images), pixels scaled to [0, 1]; read once, read-only."""
     try:
         from sklearn.datasets import load_digits
     except ImportError:
         raise UserError("data.name = digits needs scikit-learn: pip install 'p2p-ntk[data]' "
                         "(or give data.name a path to an .npz file)") from None
     bunch = load_digits()
-    return bunch.data / 16.0, bunch.target.astype(np.int64)
+    X, y = bunch.data / 16.0, bunch.target.astype(np.int64)
+    X.flags.writeable = y.flags.writeable = False
+    return X, y
 
 
 def synthetic_arrays(classes: list[int], n: int, seed: int, d: int = 16, width: int = 64) -> tuple[np.ndarray, np.ndarray]:

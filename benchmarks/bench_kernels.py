@@ -172,3 +172,9 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def cli(quick: bool = False, out: str | None = None) -> None:
+    """``p2pntk bench kernels``: the default table (width 4096 only, fewer repeats, with --quick)."""
+    argv = ["--widths", "4096", "--repeats", "10"] if quick else []
+    main(argv + (["--json", out] if out else []))

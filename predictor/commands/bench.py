@@ -16,6 +16,7 @@ TARGETS = {
     "transport": "benchmarks.bench_transport:cli",
     "loopback": "benchmarks.bench_loopback:cli",
     "tune": "benchmarks.bench_tune:cli",
+    "kernels": "benchmarks.bench_kernels:cli",
 }
 
 
