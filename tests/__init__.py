@@ -1,0 +1,1 @@
+"""Tests: each sits beside the concept it checks and compares against an independent reference."""
