@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from coordinator_free.fileio import read_npz, write_npz
 from firmware_profiles.errors import UserError
 
 
@@ -63,18 +64,10 @@ def synthetic_arrays(classes: list[int], n: int, seed: int, d: int = 16, width: 
 
 def load_npz_arrays(path: str) -> tuple[np.ndarray, np.ndarray]:
     """An .npz with ``X`` (n, d) and integer labels ``y`` (n,)."""
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"data.name = {path}: file does not exist")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            if "X" not in z or "y" not in z:
-                raise UserError(f"data file {path}: needs arrays X (n, d) and y (n,), has {sorted(z.files)}")
-            X, y = np.asarray(z["X"]), np.asarray(z["y"])
-    except UserError:
-        raise
-    except Exception as err:
-        raise UserError(f"data file {path}: cannot be read as .npz ({err})") from None
+    z = read_npz(path, f"data file {path} (data.name)")
+    if "X" not in z or "y" not in z:
+        raise UserError(f"data file {path}: needs arrays X (n, d) and y (n,), has {sorted(z)}")
+    X, y = z["X"], z["y"]
     if X.ndim != 2 or y.shape != (X.shape[0],):
         raise UserError(f"data file {path}: X must be (n, d) and y (n,), got {X.shape} and {y.shape}")
     if not np.issubdtype(X.dtype, np.number) or not np.all(np.isfinite(X)):
@@ -173,7 +166,6 @@ PROBLEM_ARRAYS = ("X_train", "Y_train", "agent_of_sample", "X_test", "Y_test", "
 
 def save_problem(path, problem: Problem, theta0: np.ndarray, W: np.ndarray) -> None:
     """The problem file of DESIGN section 6: exactly what was trained on, for independent checks."""
-    from coordinator_free.fileio import write_npz
     write_npz(path, X_train=problem.X_train, Y_train=problem.Y_train,
               agent_of_sample=problem.agent_of_sample, X_test=problem.X_test, Y_test=problem.Y_test,
               theta0=theta0, W=W)
@@ -181,15 +173,6 @@ def save_problem(path, problem: Problem, theta0: np.ndarray, W: np.ndarray) -> N
 
 def load_problem(path) -> tuple[Problem, np.ndarray, np.ndarray]:
     """(Problem, theta0, W) from a problem file."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = [a for a in PROBLEM_ARRAYS if a not in z]
-            if missing:
-                raise UserError(f"problem file {path}: missing arrays {missing}")
-            arrays = {a: z[a] for a in PROBLEM_ARRAYS}
-    except UserError:
-        raise
-    except Exception as err:
-        raise UserError(f"problem file {path}: cannot be read ({err})") from None
+    arrays = read_npz(path, f"problem file {path}", required=PROBLEM_ARRAYS)
     problem = Problem(**{a: arrays[a] for a in PROBLEM_ARRAYS[:5]})
     return problem, arrays["theta0"], arrays["W"]

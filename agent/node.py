@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from coordinator_free.fileio import read_npz
 from coordinator_free.spec import load_spec, resolve
 from firmware_profiles.errors import UserError
 from firmware_profiles.profile import read_toml
@@ -130,13 +131,7 @@ def load_node(path: str | Path) -> NodeConfig:
 def load_local_data(path: Path, classes: list[int], role: str = "data") -> tuple[np.ndarray, np.ndarray]:
     """(X, Y) from an agent's .npz: ``X`` with targets ``Y`` (n, k), or labels ``y`` encoded per the spec."""
     from agent.data import targets
-    if not path.exists():
-        raise UserError(f"node {role} file {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as err:
-        raise UserError(f"node {role} file {path}: cannot be read as .npz ({err})") from None
+    arrays = read_npz(path, f"node {role} file {path}")
     X = arrays.get("X")
     if X is None or X.ndim != 2 or not np.issubdtype(X.dtype, np.number) or not np.all(np.isfinite(X)):
         raise UserError(f"node {role} file {path}: needs a finite numeric array X of shape (n, d)")

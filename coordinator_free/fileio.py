@@ -53,3 +53,23 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_npz(path: str | Path, what: str, required: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Every array of an .npz file, checked for ``required`` names.
+
+    ``what`` names the file for a person ("data file x.npz"). Object arrays are refused (numpy's
+    default), so reading a file never runs code from it. Raises UserError on any problem.
+    """
+    from firmware_profiles.errors import UserError
+    if not Path(path).exists():
+        raise UserError(f"{what} does not exist")
+    try:
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as err:  # numpy raises many types for a bad file
+        raise UserError(f"{what}: cannot be read as .npz ({err})") from None
+    missing = [a for a in required if a not in arrays]
+    if missing:
+        raise UserError(f"{what}: missing arrays {missing} (has {sorted(arrays)})")
+    return arrays

@@ -1,7 +1,7 @@
 """The p2p-ntk wire format: a UTF-8 JSON header frame, then the raw little-endian array bytes.
 
 `encode` builds the multipart frames; `decode` validates every field against what this agent
-expects and raises `WireError` naming the first problem. Nothing is ever pickled or eval'd.
+expects and raises `WireError` naming the first problem. Nothing from the wire is ever deserialised as code.
 
 Frames: [header] for hello and bye, [header, array] for params. Header keys:
   every type  v (= PROTOCOL_VERSION), type, sender (int), model_hash (str)
