@@ -225,7 +225,7 @@ def reduced_system(kp: KernelProblem, algorithm: str, alpha: float) -> ReducedSy
     _check_algorithm(algorithm)
     R, R_inv = kp.basis
     idx, valid, _ = kp.own
-    N, r, m = kp.N, R.shape[1], idx.shape[1]
+    N, r = kp.N, R.shape[1]
     G = np.append(R, np.zeros((1, r)), axis=0)[idx]  # (N, m, r), zero on padding
     n = kp.counts.astype(float)
     H = sl.block_diag(*[G[q].T @ G[q] / n[q] for q in range(N)])

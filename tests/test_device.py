@@ -3,7 +3,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 
 from agent.deploy import loopback_addresses, write_node_files
 from agent.swarm import Swarm

@@ -161,7 +161,7 @@ def test_export_onnx_runs_in_stock_onnxruntime(tmp_path, capsys):
     swarm = Swarm.from_spec(load_spec(None, overrides))
     np.testing.assert_array_equal(z["theta0"], swarm.theta0)
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    (inp,), (outp,) = sess.get_inputs(), sess.get_outputs()
+    (inp,) = sess.get_inputs()
     assert (inp.name, inp.type, inp.shape[1]) == ("X", "tensor(float)", swarm.cfg.d)
     f = sess.run(None, {"X": z["X_test"].astype(np.float32)})[0]
     ref = M.forward(swarm.cfg, z["theta0"], z["X_test"])

@@ -23,6 +23,15 @@ def spec_from_args(args: argparse.Namespace) -> dict:
     return load_spec(args.spec, args.overrides)
 
 
+def swarm_from_args(args: argparse.Namespace):
+    """The swarm of SPEC + --set, with its problem file written if --save-problem was given."""
+    from agent.swarm import Swarm
+    swarm = Swarm.from_spec(spec_from_args(args))
+    if args.save_problem:
+        swarm.save_problem(args.save_problem)
+    return swarm
+
+
 def loss_table(results: dict) -> str:
     """Per-agent final losses and accuracy as a fixed-width table."""
     rows = [f"{'agent':>5} {'train_loss':>12} {'test_loss':>12} {'test_acc':>9}"]

@@ -5,10 +5,9 @@ import tempfile
 from pathlib import Path
 
 from agent.deploy import run_loopback
-from agent.swarm import Swarm
 from coordinator_free.fileio import write_json
 from coordinator_free.progress import ProgressBar
-from predictor.commands import add_spec_args, loss_table, spec_from_args
+from predictor.commands import add_spec_args, loss_table, swarm_from_args
 
 
 def register(sub) -> None:
@@ -43,10 +42,7 @@ def run(args) -> int:
         args.overrides += [f"device.profiles={args.profiles}", "device.emulate=true"]
     if args.link:
         args.overrides.append(f"device.link_mbit={args.link}")
-    spec = spec_from_args(args)
-    swarm = Swarm.from_spec(spec)
-    if args.save_problem:
-        swarm.save_problem(args.save_problem)
+    swarm = swarm_from_args(args)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="p2pntk-loopback-"))
     bar = ProgressBar(1, f"loopback ({swarm.n_agents} agents)", enabled=not args.quiet)
 

@@ -6,10 +6,9 @@ import sys
 
 import numpy as np
 
-from agent.swarm import Swarm
 from coordinator_free.fileio import write_json, write_npz
 from firmware_profiles.errors import UserError
-from predictor.commands import add_spec_args, loss_table, spec_from_args
+from predictor.commands import add_spec_args, loss_table, swarm_from_args
 from predictor.forecast import forecast
 from predictor.ntk import DEFAULT_MAX_BYTES
 
@@ -47,14 +46,6 @@ def parse_rounds(text: str, rounds: int) -> tuple[int, ...]:
     if bad or not out:
         raise UserError(f"--param-rounds {text!r}: rounds must lie in 0..{rounds} (train.rounds)")
     return out
-
-
-def swarm_from_args(args) -> Swarm:
-    """The swarm of SPEC + --set, with its problem file written if --save-problem was given."""
-    swarm = Swarm.from_spec(spec_from_args(args))
-    if args.save_problem:
-        swarm.save_problem(args.save_problem)
-    return swarm
 
 
 def run(args) -> int:

@@ -4,10 +4,9 @@ from __future__ import annotations
 import sys
 
 from agent.simulator import simulate
-from agent.swarm import Swarm
 from coordinator_free.fileio import write_json
 from coordinator_free.progress import ProgressBar
-from predictor.commands import add_spec_args, loss_table, spec_from_args
+from predictor.commands import add_spec_args, loss_table, swarm_from_args
 
 
 def register(sub) -> None:
@@ -18,10 +17,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    spec = spec_from_args(args)
-    swarm = Swarm.from_spec(spec)
-    if args.save_problem:
-        swarm.save_problem(args.save_problem)
+    swarm = swarm_from_args(args)
+    spec = swarm.spec
     bar = ProgressBar(spec["train"]["rounds"], "simulate", enabled=not args.quiet)
     results = simulate(swarm, progress=lambda k, total: bar.update(k))
     bar.close()

@@ -5,8 +5,7 @@ from __future__ import annotations
 import time
 
 from coordinator_free.fileio import write_json
-from predictor.commands import add_spec_args
-from predictor.commands.predict import swarm_from_args
+from predictor.commands import add_spec_args, swarm_from_args
 from predictor.forecast import kernel_problem
 from predictor.stability import stability_report
 
