@@ -45,7 +45,8 @@ def write_node_files(swarm: Swarm, workdir: Path, addresses: list[str], *, round
         X, Y = p.agent_data(q)
         write_npz(workdir / f"agent{q}.npz", X=X, Y=Y)
         keys = {"id": q, "bind": addresses[q], "data": f"agent{q}.npz", "test": "test.npz", "spec": "spec.toml",
-                "out": f"agent{q}.json", "log": f"agent{q}.jsonl", "round_deadline": round_deadline,
+                "out": f"agent{q}.json", "log": f"agent{q}.jsonl", "checkpoint": f"agent{q}.ckpt.npz",
+                "checkpoint_every": 10, "round_deadline": round_deadline,
                 "handshake_timeout": handshake_timeout, **(extra or {}),
                 **(per_agent[q] if per_agent and q < len(per_agent) else {})}
         lines = [f"{k} = {_toml_str(v) if isinstance(v, (str, Path)) else json.dumps(v)}" for k, v in keys.items()]

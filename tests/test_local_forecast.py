@@ -105,4 +105,7 @@ def test_tune_cli_seconds_budget_with_profile_and_node_file(tmp_path):
     assert main(["tune", str(node), "--quiet", "--budget-rounds", "50", "--out", str(tmp_path / "n.json")]) == 0
     r = json.loads((tmp_path / "n.json").read_text())
     assert "agent 1" in r["objective"] and r["assumption"]
+    from agent.node import load_node
+    tuned = load_node(r["node_file"])
+    assert tuned.id == 1 and tuned.spec["train"]["lr"] == pytest.approx(r["lr"]) and tuned.peers
     assert main(["tune", "--budget-rounds", "5", "--grid", "lr=fast"]) == 2

@@ -43,6 +43,13 @@ def test_loopback_matches_simulate_and_reference(tmp_path, name):
         assert max_rel_err(lb[key], ref[key]) < 1e-8
         assert max_rel_err(lb[key], sim[key]) < 1e-8
     assert all(a["bytes_sent"] > 0 and not a["suspected"] for a in lb["agents"])
+    # the final checkpoint holds the parameters whose loss the agent logged last
+    from agent.local import model_config
+    from agent.model import ModelConfig, loss
+    ckpt, data = np.load(tmp_path / "work" / "agent0.ckpt.npz"), np.load(tmp_path / "work" / "agent0.npz")
+    cfg = model_config(lb["spec"]["model"], 64, 1)
+    assert int(ckpt["round"]) == 8 and str(ckpt["model_hash"]) == cfg.hash() == lb["model_hash"]
+    assert loss(cfg, ckpt["theta"], data["X"], data["Y"]) == pytest.approx(lb["train_loss"][0][-1], rel=1e-12)
 
 
 def test_killing_the_launcher_leaves_no_agent_processes(tmp_path):

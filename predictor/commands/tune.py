@@ -82,6 +82,15 @@ def run(args) -> int:
     spec_path = out.with_suffix(".spec.toml")
     write_text(spec_path, dumps_toml(result["spec"]))
     result["spec_file"] = str(spec_path)
+    if node is not None and "\n[spec]" in "\n" + node.source.read_text():
+        print(f"note: {node.source} has an inline [spec] table; point it at {spec_path} or copy the values")
+    elif node is not None:  # a ready node file: the board's own, pointing at the tuned spec
+        text = node.source.read_text()
+        lines = [f"spec = {json.dumps(str(spec_path.resolve()))}" if ln.split("=")[0].strip() == "spec" else ln
+                 for ln in text.splitlines()]
+        node_path = out.with_suffix(".node.toml")
+        write_text(node_path, "\n".join(lines) + "\n")
+        result["node_file"] = str(node_path)
     write_json(out, result)
     if not args.quiet:
         print(tune_table(result))
@@ -89,7 +98,7 @@ def run(args) -> int:
         print(f"chosen: lr={result['lr']:.4g} (lr_max {result['lr_max']:.4g}), width {result['width']}, "
               f"{result['rounds']} rounds{secs}; forecast {result['objective']} = {result['predicted_loss']:.5g} "
               f"({result['timings']['total_s']:.2f} s)")
-    print(f"wrote {out} and the ready spec {spec_path}")
+    print(f"wrote {out} and the ready spec {spec_path}" + (f" and node file {result['node_file']}" if node else ""))
     return 0
 
 
