@@ -33,12 +33,15 @@ class RoundLog:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(path, "w", buffering=1)
+        self.fh = open(path, "w", buffering=1)  # noqa: SIM115 - closed by __exit__
 
     def write(self, record: dict) -> None:
         self.fh.write(json.dumps(record) + "\n")
 
-    def close(self) -> None:
+    def __enter__(self) -> "RoundLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
         self.fh.close()
 
 
@@ -56,10 +59,9 @@ def run_node(node: NodeConfig) -> dict:
     X_test, Y_test = load_local_data(node.test, spec["data"]["classes"], "test") if node.test else (None, None)
     cfg = model_config(spec["model"], X.shape[1], Y.shape[1])
     hooks = DeviceHooks.for_node(node, cfg, len(X))
-    if hooks:
-        kernels = make_kernels(hooks.kernels, cfg, dtype, **(hooks.kernel_settings if hooks.kernels == "onnx" else {}))
-    else:
-        kernels = make_kernels(train["kernels"], cfg, dtype)
+    kernel_name = hooks.kernels if hooks else train["kernels"]  # a device's profile picks its own kernels
+    settings = hooks.kernel_settings if hooks and kernel_name == "onnx" else {}
+    kernels = make_kernels(kernel_name, cfg, dtype, **settings)
     learner = LocalLearner(node.id, kernels, X, Y, X_test, Y_test, batch=train["batch"], seed=spec["data"]["seed"])
     theta = init_params(cfg, dtype)
     peers, discovery = node.peers, None
@@ -83,8 +85,7 @@ def _train(node: NodeConfig, learner: LocalLearner, theta: np.ndarray, cfg, peer
     alpha, algorithm, rounds = float(train["lr"]), train["algorithm"], train["rounds"]
     t_start = time.perf_counter()
     history: dict[str, list] = {}
-    roundlog = RoundLog(node.log)
-    with Transport(node.id, node.bind, peers, model_hash=cfg.hash(), spec_hash=spec_hash(spec),
+    with RoundLog(node.log) as roundlog, Transport(node.id, node.bind, peers, model_hash=cfg.hash(), spec_hash=spec_hash(spec),
                    algorithm=algorithm, dtype=theta.dtype.name, shape=(cfg.num_params,), logger=log) as transport:
         hellos = transport.handshake(len(peers), node.handshake_timeout)
         base_row = mixing_row(spec["network"]["weights"], len(peers),
@@ -136,8 +137,7 @@ def _train(node: NodeConfig, learner: LocalLearner, theta: np.ndarray, cfg, peer
         if hooks:
             results["profile"] = {"name": hooks.profile.name, "emulated": hooks.emulate,
                                   "estimated_round_s": hooks.estimate["total_s"]}
-    roundlog.close()
-    if node.checkpoint:
+    if node.checkpoint and not (node.checkpoint_every and rounds % node.checkpoint_every == 0 and rounds):
         write_npz(node.checkpoint, theta=theta, round=np.array(rounds), model_hash=np.array(cfg.hash()))
     write_json(node.out, results)
     return results

@@ -9,7 +9,10 @@ import time
 
 
 class ProgressBar:
-    """``bar = ProgressBar(total, "simulate"); bar.update(done, note); bar.close()``."""
+    """``bar = ProgressBar(total, "simulate"); bar.update(done[, total, note]); bar.close()``.
+
+    ``update`` has the (done, total) signature of every progress callback here, so pass it directly.
+    """
 
     def __init__(self, total: int, label: str, stream=None, enabled: bool = True) -> None:
         self.total, self.label = max(int(total), 1), label
@@ -19,7 +22,9 @@ class ProgressBar:
         self.start = time.perf_counter()
         self._last_decile = -1
 
-    def update(self, done: int, note: str = "") -> None:
+    def update(self, done: int, total: int | None = None, note: str = "") -> None:
+        if total is not None:
+            self.total = max(int(total), 1)
         if not self.enabled:
             return
         frac = min(max(done / self.total, 0.0), 1.0)

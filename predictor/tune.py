@@ -95,7 +95,7 @@ def tune(spec: dict, *, budget_rounds: int | None = None, budget_seconds: float 
     for width in widths:
         s = copy.deepcopy(spec)
         s["model"]["width"] = int(width)
-        run = _local_runner(s, node) if node is not None else _swarm_runner(Swarm.from_spec(s))
+        run = LocalRunner(s, node) if node is not None else SwarmRunner(Swarm.from_spec(s))
         per_round = None
         if budget_seconds is not None:
             R, per_round = rounds_for_budget(s, run.cfg, run.n_local, run.degree, budget_seconds, profile)
@@ -104,7 +104,7 @@ def tune(spec: dict, *, budget_rounds: int | None = None, budget_seconds: float 
         rounds_options = sorted({min(int(r), R) for r in grid.get("rounds", [])}) or [R]
         lr_max = run.lr_max
         alg = s["train"]["algorithm"]
-        candidates = [lr for lr in grid.get("lr", [])] or lr_grid(lr_max[alg])
+        candidates = list(grid.get("lr", [])) or lr_grid(lr_max[alg])
         for lr in candidates:
             n_done += 1
             if progress:
@@ -134,7 +134,7 @@ def tune(spec: dict, *, budget_rounds: int | None = None, budget_seconds: float 
             "timings": {"total_s": time.perf_counter() - t0}}
 
 
-class _swarm_runner:
+class SwarmRunner:
     """Global forecasts for one width: the kernel problem and lr_max are computed once."""
 
     def __init__(self, swarm: Swarm) -> None:
@@ -150,7 +150,7 @@ class _swarm_runner:
         return _objective(loss_curves(self.kp, own, test), objective, None)
 
 
-class _local_runner:
+class LocalRunner:
     """On-device forecasts for node q from its own files only: its replica swarm's kernel is computed once."""
 
     def __init__(self, spec: dict, node) -> None:

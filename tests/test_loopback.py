@@ -45,7 +45,7 @@ def test_loopback_matches_simulate_and_reference(tmp_path, name):
     assert all(a["bytes_sent"] > 0 and not a["suspected"] for a in lb["agents"])
     # the final checkpoint holds the parameters whose loss the agent logged last
     from agent.local import model_config
-    from agent.model import ModelConfig, loss
+    from agent.model import loss
     ckpt, data = np.load(tmp_path / "work" / "agent0.ckpt.npz"), np.load(tmp_path / "work" / "agent0.npz")
     cfg = model_config(lb["spec"]["model"], 64, 1)
     assert int(ckpt["round"]) == 8 and str(ckpt["model_hash"]) == cfg.hash() == lb["model_hash"]

@@ -51,13 +51,10 @@ def run(args) -> int:
     say(f"2/3 training: {n} agent processes over ZeroMQ on 127.0.0.1 ...")
     bar = ProgressBar(1, "    loopback", enabled=not args.quiet)
 
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done)
 
     t0 = time.perf_counter()
     try:
-        actual = run_loopback(swarm, Path(tempfile.mkdtemp(prefix="p2pntk-demo-")), progress=progress)
+        actual = run_loopback(swarm, Path(tempfile.mkdtemp(prefix="p2pntk-demo-")), progress=bar.update)
     finally:
         bar.close()
     write_json(out / "loopback.json", actual)

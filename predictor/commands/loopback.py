@@ -46,13 +46,10 @@ def run(args) -> int:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="p2pntk-loopback-"))
     bar = ProgressBar(1, f"loopback ({swarm.n_agents} agents)", enabled=not args.quiet)
 
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done)
 
     try:
         results = run_loopback(swarm, workdir, timeout=args.timeout, round_deadline=args.round_deadline,
-                               progress=progress)
+                               progress=bar.update)
     finally:
         bar.close()
     write_json(args.out, results)

@@ -28,11 +28,8 @@ def run(args) -> int:
         raise UserError("--width and --widths must be positive integers")
     bar = ProgressBar(1, "reproduce", enabled=not args.quiet)
 
-    def progress(done: int, total: int, note: str) -> None:
-        bar.total = total
-        bar.update(done, note)
 
-    results = reproduce(args.out, width=args.width, widths=widths, progress=progress)
+    results = reproduce(args.out, width=args.width, widths=widths, progress=bar.update)
     bar.close()
     if not args.quiet:
         print(summary_table(results))

@@ -20,7 +20,7 @@ def run(args) -> int:
     swarm = swarm_from_args(args)
     spec = swarm.spec
     bar = ProgressBar(spec["train"]["rounds"], "simulate", enabled=not args.quiet)
-    results = simulate(swarm, progress=lambda k, total: bar.update(k))
+    results = simulate(swarm, progress=bar.update)
     bar.close()
     write_json(args.out, results)
     if not args.quiet:

@@ -8,26 +8,24 @@ import numpy as np
 
 from coordinator_free.fileio import write_json, write_text
 from coordinator_free.progress import ProgressBar
-from coordinator_free.spec import dumps_toml, load_spec
+from coordinator_free.spec import dumps_toml, load_spec, parse_override, resolve
 from firmware_profiles.errors import UserError
+from firmware_profiles.profile import read_toml
 from predictor.tune import parse_grid, tune, tune_table
 
 
 def _spec_or_node(path: str | None, overrides: list[str]):
-    """(spec, node or None): a node file is recognised by its id/bind keys."""
-    if path and Path(path).suffix == ".toml" and Path(path).exists():
-        head = Path(path).read_text()
-        if "\nbind" in "\n" + head or head.startswith("id"):
-            from agent.node import load_node
-            node = load_node(path)
-            from coordinator_free.spec import parse_override, resolve
-            raw = {sec: dict(body) for sec, body in node.spec.items()}
-            for text in overrides:
-                sec, key, value = parse_override(text)
-                raw.setdefault(sec, {})[key] = value
-            node.spec = resolve(raw, f"node file {path} [spec]")
-            return node.spec, node
-    return load_spec(path, overrides), None
+    """(spec, node or None): a node file is recognised by its ``bind`` key; --set applies to its spec."""
+    if path is None or "bind" not in read_toml(path, f"spec or node file {path}"):
+        return load_spec(path, overrides), None
+    from agent.node import load_node
+    node = load_node(path)
+    raw = {sec: dict(body) for sec, body in node.spec.items()}
+    for text in overrides:
+        sec, key, value = parse_override(text)
+        raw.setdefault(sec, {})[key] = value
+    node.spec = resolve(raw, f"node file {path} [spec]")
+    return node.spec, node
 
 
 def register(sub) -> None:
@@ -70,13 +68,10 @@ def run(args) -> int:
         or (node.profile if node is not None else None)
     bar = ProgressBar(1, "tune", enabled=not args.quiet)
 
-    def progress(done, total):
-        bar.total = total
-        bar.update(done)
 
     result = tune(spec, budget_rounds=args.budget_rounds, budget_seconds=args.budget_seconds,
                   grid=parse_grid(args.grid), objective=args.objective, profile=profile,
-                  pick_rounds=args.pick_rounds, node=node, progress=progress)
+                  pick_rounds=args.pick_rounds, node=node, progress=bar.update)
     bar.close()
     out = Path(args.out)
     spec_path = out.with_suffix(".spec.toml")
@@ -104,10 +99,10 @@ def run(args) -> int:
 
 def run_local(args) -> int:
     from agent.node import load_node
-    from predictor.tune import _local_runner
+    from predictor.tune import LocalRunner
     node = load_node(args.node)
     t = node.spec["train"]
-    runner = _local_runner(node.spec, node)
+    runner = LocalRunner(node.spec, node)
     delta, rho, observed = None, 0.0, []
     if args.observed:
         try:
