@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 
-from firmware_profiles.errors import UserError
+from coordinator_free.common.errors import UserError
 
 EXIT_ADDRESS_IN_USE = 3
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from coordinator_free.fileio import read_npz, write_npz
-from firmware_profiles.errors import UserError
+from coordinator_free.common.files import read_npz, write_npz
+from coordinator_free.common.errors import UserError
 
 
 @dataclass

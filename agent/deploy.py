@@ -17,11 +17,11 @@ import numpy as np
 
 from agent.__main__ import EXIT_ADDRESS_IN_USE
 from agent.swarm import Swarm
-from coordinator_free.fileio import write_npz, write_text
+from coordinator_free.common.files import write_npz, write_text
 from coordinator_free.loopback import Job, launch
 from coordinator_free.spec import dumps_toml
 from coordinator_free.transport import free_tcp_port
-from firmware_profiles.errors import UserError
+from coordinator_free.common.errors import UserError
 
 
 def _toml_str(value) -> str:

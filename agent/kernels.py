@@ -12,7 +12,7 @@ import numpy as np
 from agent import model
 from agent.algorithms import finish
 from agent.model import ModelConfig
-from firmware_profiles.errors import UserError
+from coordinator_free.common.errors import UserError
 
 
 class NumpyKernels:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import special
 
-from firmware_profiles.errors import UserError
+from coordinator_free.common.errors import UserError
 
 ACTIVATIONS = ("relu", "erf", "tanh")
 KINDS = ("affine", "mlp")

@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from coordinator_free.fileio import read_npz
+from coordinator_free.common.files import read_npz
 from coordinator_free.spec import load_spec, resolve
-from firmware_profiles.errors import UserError
-from firmware_profiles.profile import read_toml
+from coordinator_free.common.errors import UserError
+from coordinator_free.common.files import read_toml
 
 _KEYS = {"id", "bind", "data", "test", "spec", "out", "log", "checkpoint", "checkpoint_every",
          "round_deadline", "handshake_timeout", "profile", "emulate", "peers", "discovery"}

@@ -16,7 +16,7 @@ import numpy as np
 from scipy import special
 
 from agent.model import ModelConfig, layer_scales
-from firmware_profiles.errors import UserError
+from coordinator_free.common.errors import UserError
 
 OPSET = 17        # onnxruntime >= 1.13 runs it; so do the Jetson builds of JetPack 5 and 6
 IR_VERSION = 8

@@ -15,7 +15,7 @@ import onnxruntime as ort
 
 from agent import onnx_graphs
 from agent.model import ModelConfig
-from firmware_profiles.errors import UserError
+from coordinator_free.common.errors import UserError
 
 log = logging.getLogger(__name__)
 

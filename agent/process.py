@@ -19,7 +19,7 @@ from agent.kernels import make_kernels
 from agent.local import LocalLearner, model_config
 from agent.model import init_params
 from agent.node import NodeConfig, load_local_data
-from coordinator_free.fileio import write_json, write_npz
+from coordinator_free.common.files import write_json, write_npz
 from coordinator_free.spec import spec_hash
 from coordinator_free.topology import live_row, mixing_row
 from coordinator_free.transport import Transport

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from firmware_profiles.errors import UserError
+from coordinator_free.common.errors import UserError
 
 
 @dataclass

@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from firmware_profiles.errors import UserError
-from firmware_profiles.profile import read_toml
+from coordinator_free.common.errors import UserError
+from coordinator_free.common.files import read_toml
 
 try:  # Python 3.11+
     import tomllib

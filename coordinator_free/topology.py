@@ -12,7 +12,7 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 
-from firmware_profiles.errors import UserError
+from coordinator_free.common.errors import UserError
 
 WEIGHT_RULES = ("metropolis", "max-degree", "lazy-metropolis")
 

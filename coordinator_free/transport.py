@@ -43,7 +43,7 @@ import numpy as np
 import zmq
 
 from coordinator_free.wire import MAX_HEADER_BYTES, Expect, WireError, decode, encode
-from firmware_profiles.errors import UserError
+from coordinator_free.common.errors import UserError
 
 ROUND_WINDOW = 8  # params for rounds up to current + ROUND_WINDOW are buffered; later ones dropped
 HWM = ROUND_WINDOW + 2  # messages queued per peer and direction before sends are dropped

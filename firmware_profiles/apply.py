@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from firmware_profiles.errors import UserError
+from coordinator_free.common.errors import UserError
 from firmware_profiles.profile import Profile
 
 # The JSON header frame of a params message is ~120 bytes (coordinator_free.wire); round up.

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from firmware_profiles.errors import UserError
+from coordinator_free.common.errors import UserError
 from firmware_profiles.profile import ARCHITECTURES, MIB, Profile, parse_profile
 
 # (m, k, n) of the "numpy-size" matmul behind every effective GFLOPS figure: a 256-row

@@ -11,7 +11,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-from firmware_profiles.errors import UserError
+from coordinator_free.common.errors import UserError
+from coordinator_free.common.files import read_toml
 
 try:  # Python 3.11+
     import tomllib
@@ -193,19 +194,6 @@ def load_profile(name_or_path: str | Path) -> Profile:
         return _build(raw, str(path))
     except _Bad as err:
         raise UserError(f"profile {label}: {err}") from None
-
-
-def read_toml(path: str | Path, what: str) -> dict:
-    """The TOML table in ``path``; UserError "WHAT does not exist | is not valid TOML: ... | cannot
-    be read: ..." otherwise. ``what`` names the file for a person, e.g. "profile pi.toml"."""
-    try:
-        return tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{what} does not exist") from None
-    except tomllib.TOMLDecodeError as err:
-        raise UserError(f"{what} is not valid TOML: {err}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{what} cannot be read: {err}") from None
 
 
 def parse_profile(text: str, source: str = "<text>") -> Profile:

@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-from firmware_profiles.errors import UserError
+from coordinator_free.common.errors import UserError
 
 # Each module defines register(subparsers) which sets ``func`` on its parser.
 COMMAND_MODULES = [

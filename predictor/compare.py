@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from firmware_profiles.errors import UserError
+from coordinator_free.common.errors import UserError
 
 CURVES = ("train_loss", "test_loss")
 

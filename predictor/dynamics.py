@@ -12,7 +12,7 @@ import scipy.linalg as sl
 
 from agent.algorithms import ALGORITHMS, swarm_step
 from agent.local import batch_indices
-from firmware_profiles.errors import UserError
+from coordinator_free.common.errors import UserError
 
 MAX_FLOW_STATES = 6000  # N * rank(K) above this: the dense closed form costs too much; use discrete rounds
 RTOL = 1e-10            # eigenvalues of K below RTOL * lambda_max span the null space of J^T (dropped)

@@ -9,7 +9,7 @@ import numpy as np
 
 from agent.model import ModelConfig, backward, forward_with_cache
 from agent.swarm import Swarm
-from firmware_profiles.errors import UserError
+from coordinator_free.common.errors import UserError
 from predictor.dynamics import Flow, KernelProblem, discrete_rounds, outputs_on_test, own_outputs
 from predictor.ntk import DEFAULT_MAX_BYTES, train_test_ntk
 from predictor.stability import lr_max_all, lr_max_exact

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from firmware_profiles.errors import UserError
+from coordinator_free.common.errors import UserError
 
 
 def _torch():

@@ -12,7 +12,7 @@ import numpy as np
 
 from agent.simulator import simulate
 from agent.swarm import Swarm
-from coordinator_free.fileio import write_json
+from coordinator_free.common.files import write_json
 from coordinator_free.spec import resolve
 from predictor.compare import compare_results, plot_comparison, pyplot, trajectory_error
 from predictor.forecast import forecast, kernel_problem

@@ -17,7 +17,7 @@ import numpy as np
 from agent.device import device_profile, workload
 from agent.swarm import Swarm
 from firmware_profiles.apply import estimate_round_time
-from firmware_profiles.errors import UserError
+from coordinator_free.common.errors import UserError
 from predictor.dynamics import discrete_rounds
 from predictor.forecast import kernel_problem, loss_curves
 from predictor.local_forecast import LocalForecaster

@@ -18,7 +18,7 @@ from agent.onnx_kernels import OnnxKernels, resolve_providers
 from agent.simulator import simulate
 from agent.swarm import Swarm
 from coordinator_free.spec import load_spec
-from firmware_profiles.errors import UserError
+from coordinator_free.common.errors import UserError
 from predictor.cli import main
 from tests.torch_reference import max_rel_err, reference_run
 

@@ -14,7 +14,7 @@ from firmware_profiles.apply import (HEADER_BYTES, apply_threads, check_fits, es
                                      mlp_num_params)
 from firmware_profiles.calibrate import EchoServer, measure_link
 from firmware_profiles.emulation import ComputeThrottle, LinkShaper
-from firmware_profiles.errors import UserError
+from coordinator_free.common.errors import UserError
 from firmware_profiles.profile import PROFILE_DIR, list_profiles, load_profile
 from predictor.cli import main
 

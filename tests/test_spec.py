@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from coordinator_free.spec import default_spec, load_spec, parse_override, spec_hash
-from firmware_profiles.errors import UserError
+from coordinator_free.common.errors import UserError
 
 
 def test_defaults_and_overrides(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 
 from coordinator_free.topology import (build_graph, check_mixing, live_row, mixing_matrix, mixing_row,
                                        spectral_gap)
-from firmware_profiles.errors import UserError
+from coordinator_free.common.errors import UserError
 
 
 @pytest.mark.parametrize("name,n,edges", [

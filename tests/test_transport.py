@@ -9,7 +9,7 @@ import zmq
 
 from coordinator_free.transport import Transport, free_tcp_port
 from coordinator_free.wire import encode
-from firmware_profiles.errors import UserError
+from coordinator_free.common.errors import UserError
 
 P = 1000
 KW = dict(model_hash="m0", spec_hash="s0", algorithm="dgd", shape=(P,))

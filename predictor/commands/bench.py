@@ -9,7 +9,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from firmware_profiles.errors import UserError
+from coordinator_free.common.errors import UserError
 
 TARGETS = {
     "predictor": "benchmarks.bench_predictor:run",

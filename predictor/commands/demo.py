@@ -12,7 +12,7 @@ from pathlib import Path
 
 from agent.deploy import run_loopback
 from agent.swarm import Swarm
-from coordinator_free.fileio import write_json
+from coordinator_free.common.files import write_json
 from coordinator_free.progress import ProgressBar
 from coordinator_free.spec import load_spec
 from predictor.compare import compare_results, error_table, plot_comparison

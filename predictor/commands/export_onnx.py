@@ -11,8 +11,8 @@ import numpy as np
 
 from agent import onnx_graphs
 from agent.swarm import Swarm
-from coordinator_free.fileio import atomic_write, write_json
-from firmware_profiles.errors import UserError
+from coordinator_free.common.files import atomic_write, write_json
+from coordinator_free.common.errors import UserError
 from predictor.commands import spec_from_args
 
 _PROTOBUF_LIMIT = 2**31 - 2**26  # bytes of weights one ModelProto can hold, with room for the graph

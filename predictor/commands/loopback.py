@@ -5,7 +5,7 @@ import tempfile
 from pathlib import Path
 
 from agent.deploy import run_loopback
-from coordinator_free.fileio import write_json
+from coordinator_free.common.files import write_json
 from coordinator_free.progress import ProgressBar
 from predictor.commands import add_spec_args, loss_table, swarm_from_args
 

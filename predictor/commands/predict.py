@@ -6,8 +6,8 @@ import sys
 
 import numpy as np
 
-from coordinator_free.fileio import write_json, write_npz
-from firmware_profiles.errors import UserError
+from coordinator_free.common.files import write_json, write_npz
+from coordinator_free.common.errors import UserError
 from predictor.commands import add_spec_args, loss_table, swarm_from_args
 from predictor.forecast import forecast
 from predictor.ntk import DEFAULT_MAX_BYTES

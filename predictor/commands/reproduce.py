@@ -3,7 +3,7 @@ ATC and CTA, the width sweep and flow vs discrete; writes PNGs and DIR/results.j
 from __future__ import annotations
 
 from coordinator_free.progress import ProgressBar
-from firmware_profiles.errors import UserError
+from coordinator_free.common.errors import UserError
 from predictor.reproduce import WIDTHS, reproduce, summary_table
 
 

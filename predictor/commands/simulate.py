@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from agent.simulator import simulate
-from coordinator_free.fileio import write_json
+from coordinator_free.common.files import write_json
 from coordinator_free.progress import ProgressBar
 from predictor.commands import add_spec_args, loss_table, swarm_from_args
 

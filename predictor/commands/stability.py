@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from coordinator_free.fileio import write_json
+from coordinator_free.common.files import write_json
 from predictor.commands import add_spec_args, swarm_from_args
 from predictor.forecast import kernel_problem
 from predictor.stability import stability_report

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from coordinator_free.fileio import write_json, write_text
+from coordinator_free.common.files import write_json, write_text
 from coordinator_free.progress import ProgressBar
 from coordinator_free.spec import dumps_toml, load_spec, parse_override, resolve
-from firmware_profiles.errors import UserError
-from firmware_profiles.profile import read_toml
+from coordinator_free.common.errors import UserError
+from coordinator_free.common.files import read_toml
 from predictor.tune import parse_grid, tune, tune_table
 
 

@@ -1,17 +1,27 @@
-"""Small file helpers shared by every layer: atomic writes of JSON, text and .npz files.
+"""File I/O shared by every layer: atomic writes of JSON, text, TOML and .npz files, and readers
+of TOML and .npz that turn every problem into one UserError naming the file.
 
 An atomic write goes to a temporary file in the same folder and is renamed over the target,
 so a crash or Ctrl-C never leaves a half-written results file or checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
+import tomli_w
+
+from coordinator_free.common.errors import UserError
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w") -> Path:
@@ -39,11 +49,56 @@ def write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda fh: fh.write(text))
 
 
+def dumps_toml(table: Mapping[str, Any]) -> str:
+    """``table`` as TOML text: the one TOML writer of the project (tomli-w; paths become strings)."""
+    return tomli_w.dumps(_tomlable(table))
+
+
+def write_toml(path: str | Path, table: Mapping[str, Any]) -> Path:
+    """Write ``table`` atomically as TOML (see ``dumps_toml``)."""
+    return write_text(path, dumps_toml(table))
+
+
+def _tomlable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _tomlable(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_tomlable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def read_toml(path: str | Path, what: str) -> dict:
+    """The TOML table in ``path``; UserError "WHAT does not exist | is not valid TOML: ... | cannot
+    be read: ..." otherwise. ``what`` names the file for a person, e.g. "profile pi.toml"."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{what} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"{what} is not valid TOML: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{what} cannot be read: {err}") from None
+
+
+def loads_toml(text: str, what: str) -> dict:
+    """The TOML table in ``text``; UserError "WHAT is not valid TOML: ..." otherwise."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"{what} is not valid TOML: {err}") from None
+
+
 def write_npz(path: str | Path, **arrays: np.ndarray) -> Path:
     return atomic_write(path, lambda fh: np.savez(fh, **arrays), mode="wb")
 
 
 def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return obj.to_dict() if hasattr(obj, "to_dict") else dataclasses.asdict(obj)
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     if isinstance(obj, np.generic):
@@ -61,7 +116,6 @@ def read_npz(path: str | Path, what: str, required: tuple[str, ...] = ()) -> dic
     ``what`` names the file for a person ("data file x.npz"). Object arrays are refused (numpy's
     default), so reading a file never runs code from it. Raises UserError on any problem.
     """
-    from firmware_profiles.errors import UserError
     if not Path(path).exists():
         raise UserError(f"{what} does not exist")
     try:
