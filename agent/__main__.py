@@ -9,9 +9,7 @@ import argparse
 import logging
 import sys
 
-from coordinator_free.common.errors import UserError
-
-EXIT_ADDRESS_IN_USE = 3
+from coordinator_free.common.errors import UserError, exit_status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,12 +28,12 @@ def run(node_path: str, verbose: bool = False) -> int:
     try:
         node = load_node(node_path)
         run_node(node)
-    except UserError as err:
+    except UserError as err:  # AddressInUse (3) tells the loopback launcher to retry with new ports
         print(f"p2pntk agent: error: {err}", file=sys.stderr)
-        return EXIT_ADDRESS_IN_USE if "cannot bind" in str(err) and "in use" in str(err) else 2
-    except KeyboardInterrupt:
+        return exit_status(err)
+    except KeyboardInterrupt as err:
         print("p2pntk agent: interrupted", file=sys.stderr)
-        return 130
+        return exit_status(err)
     return 0
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from coordinator_free.common.files import read_npz, write_npz
+from agent.spec import DataSection
 from coordinator_free.common.errors import UserError
 
 
@@ -130,16 +131,16 @@ def split_indices(labels: np.ndarray, n_agents: int, per_agent: int, split: str,
     return out
 
 
-def make_problem(data: dict, n_agents: int) -> Problem:
+def make_problem(data: DataSection, n_agents: int) -> Problem:
     """The training and test sets for a spec's [data] section and network.agents agents."""
-    classes = data["classes"]
-    per_agent, n_test = data["samples_per_agent"], data["test_samples"]
-    rng = np.random.default_rng(data["seed"])
-    name = data["name"]
+    classes = data.classes
+    per_agent, n_test = data.samples_per_agent, data.test_samples
+    rng = np.random.default_rng(data.seed)
+    name = data.name
     if name == "digits":
         X, y = load_digits_arrays()
     elif name == "synthetic":
-        X, y = synthetic_arrays(classes, n_agents * per_agent + n_test, data["seed"])
+        X, y = synthetic_arrays(classes, n_agents * per_agent + n_test, data.seed)
     else:
         X, y = load_npz_arrays(name)
     present = set(np.unique(y).tolist())
@@ -152,7 +153,7 @@ def make_problem(data: dict, n_agents: int) -> Problem:
         raise UserError(f"data.test_samples = {n_test}: only {len(y)} samples of classes {classes} in {name}")
     order = rng.permutation(len(y))
     test, pool = order[:n_test], order[n_test:]
-    shards = split_indices(y[pool], n_agents, per_agent, data["split"], rng)
+    shards = split_indices(y[pool], n_agents, per_agent, data.split, rng)
     train_idx = np.concatenate([pool[s] for s in shards])
     agent_of = np.concatenate([np.full(len(s), q) for q, s in enumerate(shards)])
     return Problem(X_train=X[train_idx], Y_train=targets(y[train_idx], classes),

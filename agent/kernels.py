@@ -1,7 +1,7 @@
-"""Kernel backends: the compute a device runs for forward, loss + gradient and the local update.
+"""Kernel backends: the compute a device runs for the forward pass and the loss + gradient.
 
-``make_kernels(name, cfg, dtype, **settings)`` returns an object with ``forward(theta, X)``,
-``loss_and_grad(theta, X, Y)`` and ``descent(theta, X, Y, alpha, base)``. ``numpy`` is the
+``make_kernels(name, cfg, dtype, **settings)`` returns an object with ``forward(theta, X)`` and
+``loss_and_grad(theta, X, Y)``; the caller applies the update rule. ``numpy`` is the
 hand-written reference in ``agent.model``;
 ``onnx`` (ONNX Runtime graphs built by the project) is selected with ``[train] kernels = "onnx"``.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 
 from agent import model
-from agent.algorithms import finish
 from agent.model import ModelConfig
 from coordinator_free.common.errors import UserError
 
@@ -28,12 +27,6 @@ class NumpyKernels:
 
     def loss_and_grad(self, theta: np.ndarray, X: np.ndarray, Y: np.ndarray) -> tuple[float, np.ndarray]:
         return model.loss_and_grad(self.cfg, theta, X, Y)
-
-    def descent(self, theta: np.ndarray, X: np.ndarray, Y: np.ndarray, alpha: float,
-                base: np.ndarray | None = None) -> tuple[float, np.ndarray]:
-        """(L(theta), base - alpha grad L(theta)), base defaulting to theta: the local step of ``agent.algorithms``."""
-        value, g = self.loss_and_grad(theta, X, Y)
-        return value, finish("dgd", theta, theta if base is None else base, None, alpha, grad_theta=g)
 
 
 def make_kernels(name: str, cfg: ModelConfig, dtype: np.dtype | str = np.float32, **settings):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from agent.model import ModelConfig, accuracy, loss_from_outputs
+from agent.spec import ModelSection
 
 
 def batch_indices(n: int, batch: int | str, seed: int, agent: int, round_: int) -> np.ndarray | None:
@@ -56,8 +57,7 @@ class LocalLearner:
         return out
 
 
-def model_config(model_section: dict, d: int, k: int) -> ModelConfig:
+def model_config(m: ModelSection, d: int, k: int) -> ModelConfig:
     """ModelConfig from a spec's [model] section and the data's input/output sizes."""
-    m = model_section
-    return ModelConfig(kind=m["kind"], d=d, k=k, width=m["width"], depth=m["depth"],
-                       activation=m["activation"], w_std=m["w_std"], b_std=m["b_std"], seed=m["seed"])
+    return ModelConfig(kind=m.kind, d=d, k=k, width=m.width, depth=m.depth,
+                       activation=m.activation, w_std=m.w_std, b_std=m.b_std, seed=m.seed)

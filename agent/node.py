@@ -14,6 +14,7 @@ round_deadline = 10.0                # seconds to wait for neighbours each round
 handshake_timeout = 60.0
 profile = "raspberry-pi-4b"          # optional device profile (threads, dtype, kernels, emulation)
 emulate = false                      # shape sends/slow compute like the profile (loopback)
+schema_version = 1                   # node file format version (optional)
 [peers]                              # static peer table: neighbour id -> address
 1 = "tcp://10.0.0.11:5555"
 ```
@@ -21,111 +22,115 @@ Relative paths are read relative to the node file. Every bad key names itself in
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from coordinator_free.common.files import read_npz
-from coordinator_free.spec import load_spec, resolve
+from agent.spec import Spec, load_spec, resolve
 from coordinator_free.common.errors import UserError
-from coordinator_free.common.files import read_toml
+from coordinator_free.common.files import read_npz, read_toml
+from coordinator_free.common.schema import Bad, Record, flag, integer, number, one_of, setting, text
 
-_KEYS = {"id", "bind", "data", "test", "spec", "out", "log", "checkpoint", "checkpoint_every",
-         "round_deadline", "handshake_timeout", "profile", "emulate", "peers", "discovery"}
-
-
-@dataclass
-class NodeConfig:
-    id: int
-    bind: str
-    data: Path
-    spec: dict
-    peers: dict[int, str]
-    test: Path | None = None
-    out: Path | None = None
-    log: Path | None = None
-    checkpoint: Path | None = None
-    checkpoint_every: int = 10
-    round_deadline: float = 10.0
-    handshake_timeout: float = 60.0
-    profile: str | None = None
-    emulate: bool = False
-    discovery: str = "static"
-    source: Path = field(default_factory=Path)
+SCHEMA_VERSION = 1
+_PATH_KEYS = ("data", "test", "out", "log", "checkpoint")
 
 
-def _check(cond: bool, path: Path, key: str, value: Any, expected: str) -> None:
-    if not cond:
-        raise UserError(f"node file {path}: {key} = {value!r}: expected {expected}")
+def _path(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise Bad(f"{key} = {value!r}: expected a file path")
+    return value
+
+
+def _address(example: str):
+    def check(key: str, value: Any) -> str:
+        if not isinstance(value, str) or not value.startswith("tcp://"):
+            raise Bad(f"{key} = {value!r}: expected an address like {example}")
+        return value
+    return check
+
+
+def _spec_ref(key: str, value: Any) -> Any:
+    if not (isinstance(value, dict) or (isinstance(value, str) and value)):
+        raise Bad(f"{key} = {value!r}: expected a spec file path or an inline [spec] table")
+    return value
+
+
+def _peers(key: str, value: Any) -> dict[int, str]:
+    if not isinstance(value, dict):
+        raise Bad(f"{key} = {value!r}: expected a table of id = address")
+    check = _address("tcp://10.0.0.12:5555")
+    out = {}
+    for pid, addr in value.items():
+        if not pid.isdigit():
+            raise Bad(f"{key}.{pid} = {addr!r}: expected a neighbour id (an integer) as the key")
+        out[int(pid)] = check(f"{key}.{pid}", addr)
+    return out
+
+
+def _version(key: str, value: Any) -> int:
+    if value != SCHEMA_VERSION or isinstance(value, bool):
+        raise Bad(f"{key} = {value!r}: this p2pntk reads node file schema version {SCHEMA_VERSION}")
+    return value
+
+
+@dataclass(frozen=True)
+class NodeConfig(Record):
+    """One device's node file. Paths are relative to the node file until ``load_node`` anchors them."""
+
+    id: int = setting(check=integer(0), doc="this agent's id in the swarm, 0..N-1")
+    bind: str = setting(check=_address("tcp://0.0.0.0:5555"), doc="where it listens")
+    data: Path = setting(check=_path, doc="local data: X (n, d) with Y (n, k) targets or y (n,) labels")
+    spec: Any = setting(check=_spec_ref, doc="the swarm spec: a path, or an inline [spec] table")
+    peers: dict = setting({}, _peers, "static peer table: neighbour id -> address")
+    test: Path | None = setting(None, _path, "optional shared test set, same format as data")
+    out: Path | None = setting(None, _path, "final results (default agentID.json next to the node file)")
+    log: Path | None = setting(None, _path, "one JSON line per round (default agentID.jsonl)")
+    checkpoint: Path | None = setting(None, _path, "atomic checkpoint file (default: none)")
+    checkpoint_every: int = setting(10, integer(0), "rounds between checkpoints (0: only at the end)")
+    round_deadline: float = setting(10.0, number(0.0, what="a positive number of seconds"),
+                                    "seconds to wait for neighbours each round")
+    handshake_timeout: float = setting(60.0, number(0.0, what="a positive number of seconds"),
+                                       "seconds to wait for every neighbour at start")
+    profile: str | None = setting(None, text, "device profile name or path")
+    emulate: bool = setting(False, flag, "shape sends and slow compute like the profile (loopback)")
+    discovery: str = setting("static", one_of("static", "zeroconf"), "static peers or zeroconf discovery")
+    schema_version: int = setting(SCHEMA_VERSION, _version, "node file format version")
+    source: Path = setting(Path(), doc="the node file this was read from (not a key of the file)")
 
 
 def load_node(path: str | Path) -> NodeConfig:
-    """Parse and validate a node file."""
+    """Parse and check a node file; relative paths are anchored at the node file's folder."""
     path = Path(path)
-    raw = read_toml(path, f"node file {path}")
-    unknown = set(raw) - _KEYS
-    if unknown:
-        raise UserError(f"node file {path}: unknown key {sorted(unknown)[0]} (known: {', '.join(sorted(_KEYS))})")
-    for key in ("id", "bind", "data", "spec"):
-        if key not in raw:
-            raise UserError(f"node file {path}: missing key {key}")
+    where = f"node file {path}"
+    raw = read_toml(path, where)
+    if "source" in raw:
+        raise UserError(f"{where}: unknown key source")
+    node = NodeConfig.from_table(raw, where)
     base = path.parent
+    spec = resolve(node.spec, f"{where} [spec]") if isinstance(node.spec, dict) else load_spec(base / node.spec)
+    paths = {k: (None if v is None else base / v) for k in _PATH_KEYS for v in [getattr(node, k)]}
+    paths["out"] = paths["out"] or base / f"agent{node.id}.json"
+    paths["log"] = paths["log"] or base / f"agent{node.id}.jsonl"
+    node = node.replace(spec=spec, source=path, **paths)
+    n_agents = spec.network.agents
+    for pid in [node.id, *node.peers]:
+        key = "id" if pid == node.id and pid not in node.peers else f"peers.{pid}"
+        if pid in node.peers and pid == node.id:
+            raise UserError(f"{where}: {key} = {pid!r}: expected a neighbour id (an integer other than this node's id)")
+        if pid >= n_agents:
+            raise UserError(f"{where}: {key} = {pid!r}: expected an id below network.agents = {n_agents}")
+    if not node.peers and node.discovery != "zeroconf" and n_agents > 1:
+        raise UserError(f"{where}: peers = {{}}: expected at least one neighbour (or discovery = \"zeroconf\")")
+    return node
 
-    def rel(key: str) -> Path | None:
-        if key not in raw:
-            return None
-        _check(isinstance(raw[key], str) and raw[key] != "", path, key, raw[key], "a file path")
-        p = Path(raw[key])
-        return p if p.is_absolute() else base / p
 
-    node_id = raw["id"]
-    _check(isinstance(node_id, int) and not isinstance(node_id, bool) and node_id >= 0, path, "id", node_id,
-           "a non-negative integer")
-    _check(isinstance(raw["bind"], str) and raw["bind"].startswith("tcp://"), path, "bind", raw["bind"],
-           "an address like tcp://0.0.0.0:5555")
-    if isinstance(raw["spec"], dict):
-        spec = resolve(raw["spec"], f"node file {path} [spec]")
-    else:
-        spec = load_spec(rel("spec"))
-    peers_raw = raw.get("peers", {})
-    _check(isinstance(peers_raw, dict), path, "peers", peers_raw, "a table of id = address")
-    peers: dict[int, str] = {}
-    for key, addr in peers_raw.items():
-        _check(key.isdigit() and int(key) != node_id, path, f"peers.{key}", addr,
-               "a neighbour id (an integer other than this node's id)")
-        _check(isinstance(addr, str) and addr.startswith("tcp://"), path, f"peers.{key}", addr,
-               "an address like tcp://10.0.0.12:5555")
-        peers[int(key)] = addr
-    n_agents = spec["network"]["agents"]
-    for pid in [node_id, *peers]:
-        _check(pid < n_agents, path, "id" if pid == node_id else f"peers.{pid}", pid,
-               f"an id below network.agents = {n_agents}")
-    discovery = raw.get("discovery", "static")
-    _check(discovery in ("static", "zeroconf"), path, "discovery", discovery, "static or zeroconf")
-    _check(bool(peers) or discovery == "zeroconf" or n_agents == 1, path, "peers", peers_raw,
-           "at least one neighbour (or discovery = \"zeroconf\")")
-    out = NodeConfig(id=node_id, bind=raw["bind"], data=rel("data"), spec=spec, peers=peers, test=rel("test"),
-                     out=rel("out") or base / f"agent{node_id}.json", log=rel("log") or base / f"agent{node_id}.jsonl",
-                     checkpoint=rel("checkpoint"), profile=raw.get("profile"), discovery=discovery, source=path)
-    if "checkpoint_every" in raw:
-        v = raw["checkpoint_every"]
-        _check(isinstance(v, int) and not isinstance(v, bool) and v >= 0, path, "checkpoint_every", v,
-               "an integer >= 0")
-        out.checkpoint_every = v
-    for key in ("round_deadline", "handshake_timeout"):
-        if key in raw:
-            v = raw[key]
-            _check(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, path, key, v,
-                   "a positive number of seconds")
-            setattr(out, key, float(v))
-    if "emulate" in raw:
-        _check(isinstance(raw["emulate"], bool), path, "emulate", raw["emulate"], "true or false")
-        out.emulate = raw["emulate"]
-    if out.profile is not None:
-        _check(isinstance(out.profile, str) and out.profile != "", path, "profile", out.profile, "a profile name")
-    return out
+def node_table(node: NodeConfig) -> dict[str, Any]:
+    """The node file's TOML table (the inverse of ``load_node`` for a spec given as a path)."""
+    table = {k: v for k, v in node.to_dict().items() if k != "source" and v is not None}
+    table["peers"] = {str(p): a for p, a in sorted(node.peers.items())}
+    return table
 
 
 def load_local_data(path: Path, classes: list[int], role: str = "data") -> tuple[np.ndarray, np.ndarray]:

@@ -4,6 +4,11 @@ Three graphs per (model, dtype): ``forward`` (theta, X) -> f, ``loss_grad`` (the
 an explicit backward pass written in standard ONNX ops (no onnxruntime-training), and ``descent``
 (theta, X, Y, base, alpha) -> (loss, base - alpha grad L(theta)). theta is one flat (P,) input in the
 wire layout, sliced inside the graph; the batch dimension of X and Y is dynamic.
+
+``forward`` and ``loss_grad`` are what the ONNX kernel backend (``agent.onnx_kernels``) runs.
+``descent`` is one local training step fused in one graph: ``p2pntk export-onnx --training-graphs``
+ships it (with the other two and ``signature``'s description of each) for on-board training with
+stock onnxruntime; nothing in the project's runtime runs it.
 """
 from __future__ import annotations
 
@@ -277,6 +282,29 @@ def build(kind: str, cfg: ModelConfig, dtype: np.dtype | str = np.float32, theta
     inputs += [g.value_info(BASE, [P]), g.value_info(ALPHA, [])]
     return g.model("p2pntk_descent", inputs, [loss_out, g.value_info(THETA_NEW, [P])], cfg,
                    f"L(theta) and base - alpha grad L(theta) of a {_describe(cfg)}")
+
+
+COMPUTES = {
+    "forward": "f = f(X; theta)",
+    "loss_grad": "loss = ||f(X; theta) - Y||^2 / (2 batch), grad = dloss/dtheta",
+    "descent": "loss = ||f(X; theta) - Y||^2 / (2 batch), theta_new = base - alpha * dloss/dtheta",
+}
+
+
+def signature(model) -> dict:
+    """The inputs and outputs of a ModelProto: ``{"inputs": [{"name", "shape", "dtype"}], "outputs": [...]}``.
+
+    A shape lists ints and the names of dynamic dimensions ("batch"); dtype is numpy's name ("float32").
+    """
+    onnx = require_onnx()
+
+    def describe(value_info) -> dict:
+        t = value_info.type.tensor_type
+        shape = [d.dim_param if d.dim_param else d.dim_value for d in t.shape.dim]
+        return {"name": value_info.name, "shape": shape,
+                "dtype": np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).name}
+    return {"inputs": [describe(v) for v in model.graph.input],
+            "outputs": [describe(v) for v in model.graph.output]}
 
 
 def _describe(cfg: ModelConfig) -> str:

@@ -1,5 +1,6 @@
-"""The ONNX Runtime kernel backend (``[train] kernels = "onnx"``): the graphs of ``agent.onnx_graphs``
-run in cached InferenceSessions, with inputs and outputs bound to numpy memory through IOBinding.
+"""The ONNX Runtime kernel backend (``[train] kernels = "onnx"``): the ``forward`` and ``loss_grad``
+graphs of ``agent.onnx_graphs`` run in cached InferenceSessions, with inputs and outputs bound to
+numpy memory through IOBinding.
 
 Settings: ``threads`` (intra-op threads; 0 or None: onnxruntime's default), ``providers`` (execution
 providers in order of preference, falling back to the CPU), ``spin`` (let idle pool threads spin).
@@ -132,7 +133,7 @@ def session(kind: str, cfg: ModelConfig, dtype: np.dtype, settings: SessionSetti
 
 
 class OnnxKernels:
-    """The ONNX Runtime backend: ``forward``, ``loss_and_grad`` and the fused ``descent`` step.
+    """The ONNX Runtime backend: ``forward`` and ``loss_and_grad``.
 
     Same interface and results as ``agent.kernels.NumpyKernels`` (to float rounding): theta is the
     flat (P,) wire vector, X (n, d), Y (n, k); outputs are fresh arrays in theta's dtype.
@@ -173,22 +174,6 @@ class OnnxKernels:
         self._run("loss_grad", {onnx_graphs.THETA: t, onnx_graphs.X: X, onnx_graphs.Y: Y},
                   {onnx_graphs.LOSS: loss, onnx_graphs.GRAD: grad})
         return float(loss), grad.astype(theta.dtype, copy=False)
-
-    def descent(self, theta: np.ndarray, X: np.ndarray, Y: np.ndarray, alpha: float,
-                base: np.ndarray | None = None) -> tuple[float, np.ndarray]:
-        """(L(theta), base - alpha grad L(theta)) in one graph run; base defaults to theta.
-
-        ``agent.algorithms`` says which base and which point: DGD (base = mixed), ATC's psi
-        (base = theta), CTA (theta = base = mixed).
-        """
-        t = self._theta(theta)
-        b = t if base is None else self._theta(base)
-        X, Y = self._batch(X, self.cfg.d, "X"), self._batch(Y, self.cfg.k, "Y", len(X))
-        loss, new = np.empty((), self.dtype), np.empty(self._P, self.dtype)
-        self._run("descent", {onnx_graphs.THETA: t, onnx_graphs.X: X, onnx_graphs.Y: Y, onnx_graphs.BASE: b,
-                              onnx_graphs.ALPHA: np.asarray(alpha, self.dtype)},
-                  {onnx_graphs.LOSS: loss, onnx_graphs.THETA_NEW: new})
-        return float(loss), new.astype(theta.dtype, copy=False)
 
     def _run(self, kind: str, inputs: dict, outputs: dict) -> None:
         """Run with inputs and outputs bound to the numpy buffers (no copies on the CPU)."""

@@ -14,12 +14,13 @@ from agent.data import Problem, make_problem, save_problem
 from agent.kernels import make_kernels
 from agent.local import LocalLearner, model_config
 from agent.model import ModelConfig, init_params
+from agent.spec import Spec
 from coordinator_free.topology import swarm_mixing
 
 
 @dataclass
 class Swarm:
-    spec: dict
+    spec: Spec
     problem: Problem
     graph: nx.Graph
     W: np.ndarray          # (N, N) float64
@@ -27,11 +28,10 @@ class Swarm:
     theta0: np.ndarray     # (P,) float64, the exact draw
 
     @classmethod
-    def from_spec(cls, spec: dict) -> "Swarm":
-        n = spec["network"]["agents"]
-        problem = make_problem(spec["data"], n)
-        graph, W = swarm_mixing(spec["network"])
-        cfg = model_config(spec["model"], problem.X_train.shape[1], problem.Y_train.shape[1])
+    def from_spec(cls, spec: Spec) -> "Swarm":
+        problem = make_problem(spec.data, spec.network.agents)
+        graph, W = swarm_mixing(spec.network)
+        cfg = model_config(spec.model, problem.X_train.shape[1], problem.Y_train.shape[1])
         return cls(spec, problem, graph, W, cfg, init_params(cfg, np.float64))
 
     @property
@@ -40,15 +40,19 @@ class Swarm:
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(self.spec["train"]["dtype"])
+        return np.dtype(self.spec.train.dtype)
 
     def learners(self, kernels=None) -> list[LocalLearner]:
         """One LocalLearner per agent, in the spec's dtype and kernel backend."""
-        train = self.spec["train"]
-        kernels = kernels or make_kernels(train["kernels"], self.cfg, self.dtype)
+        train = self.spec.train
+        kernels = kernels or make_kernels(train.kernels, self.cfg, self.dtype)
         return [LocalLearner(q, kernels, *self.problem.agent_data(q), self.problem.X_test, self.problem.Y_test,
-                             batch=train["batch"], seed=self.spec["data"]["seed"])
+                             batch=train.batch, seed=self.spec.data.seed)
                 for q in range(self.n_agents)]
+
+    def rows(self) -> list[dict[int, float]]:
+        """Each agent's mixing row {r: w_qr} (itself and its neighbours), as an agent computes it."""
+        return [{r: float(self.W[q, r]) for r in [q, *self.graph.neighbors(q)]} for q in range(self.n_agents)]
 
     def save_problem(self, path) -> None:
         save_problem(path, self.problem, self.theta0, self.W)

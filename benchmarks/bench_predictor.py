@@ -12,7 +12,7 @@ from typing import Callable
 from agent.simulator import simulate
 from agent.swarm import Swarm
 from coordinator_free.common.files import write_json
-from coordinator_free.spec import resolve
+from agent.spec import resolve
 from predictor.compare import compare_results
 from predictor.forecast import forecast
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from agent.simulator import simulate
 from agent.swarm import Swarm
-from coordinator_free.spec import load_spec
+from agent.spec import load_spec
 from predictor.tune import tune
 
 

@@ -17,16 +17,16 @@ from coordinator_free.common.errors import UserError
 SERVICE = "_p2pntk._tcp.local."
 
 
-def topology_neighbours(network: dict, node_id: int) -> list[int]:
+def topology_neighbours(network, node_id: int) -> list[int]:
     """This agent's neighbours by the spec's topology rule (every agent computes the same graph)."""
-    G = build_graph(network["topology"], network["agents"], network["seed"])
+    G = build_graph(network.topology, network.agents, network.seed)
     return sorted(G.neighbors(node_id))
 
 
 class Discovery:
     """Advertise this agent and find its neighbours; keep it open until the run ends (others may still look)."""
 
-    def __init__(self, node_id: int, bind: str, *, network: dict, model_hash: str, spec_hash: str,
+    def __init__(self, node_id: int, bind: str, *, network, model_hash: str, spec_hash: str,
                  advertise: str | None = None) -> None:
         try:
             from zeroconf import IPVersion, ServiceInfo, Zeroconf

@@ -1,6 +1,7 @@
 """ZeroMQ transport between graph neighbours: handshake, synchronous rounds with deadlines, BYE.
 
-No coordinator: each agent binds one socket and connects one to each neighbour (DESIGN section 7).
+No coordinator: each agent binds one socket and connects one to each neighbour (docs/design.md,
+section 7). ``Transport`` is the real-socket implementation of ``coordinator_free.gossip.Gossip``.
 
 Socket pattern: PUSH/PULL. Each agent binds one PULL socket on its own address and keeps one
 PUSH socket connected to each neighbour. Data flows one way per socket, so no identities or
@@ -26,7 +27,7 @@ would make its neighbours late, their neighbours would suspect them, and so on: 
 Suspicion is final for the run: a suspected neighbour is no longer sent to or waited for, and
 its later messages are dropped. Because we stop sending, it misses our next message and
 suspects us too, so the live graph is symmetric again one round later (rejoin is future work,
-DESIGN section 7). A peer that sends BYE leaves the live set without suspicion.
+docs/design.md section 7). A peer that sends BYE leaves the live set without suspicion.
 
 A Transport is not thread-safe: use it from one thread. Received arrays are read-only views of
 the ZeroMQ frames (no copy); copy them before writing.
@@ -43,7 +44,7 @@ import numpy as np
 import zmq
 
 from coordinator_free.wire import MAX_HEADER_BYTES, Expect, WireError, decode, encode
-from coordinator_free.common.errors import UserError
+from coordinator_free.common.errors import AddressInUse, UserError
 
 ROUND_WINDOW = 8  # params for rounds up to current + ROUND_WINDOW are buffered; later ones dropped
 HWM = ROUND_WINDOW + 2  # messages queued per peer and direction before sends are dropped
@@ -51,7 +52,7 @@ SNAPSHOTS = 3  # snapshot buffers kept for reuse once ZeroMQ is done sending the
 MAX_WAIT = 3  # a live-but-late neighbour is waited for at most MAX_WAIT x deadline
 LINGER_MS = 500  # how long close() may wait for queued messages (e.g. BYE) to go out
 _HELLO_KEYS = {"v", "type", "sender", "round", "model_hash", "spec_hash", "degree", "heard",
-               "reply", "algorithm", "dtype", "shape"}
+               "reply", "algorithm", "dtype", "shape", "arrays"}
 
 
 def free_tcp_port(host: str = "127.0.0.1") -> int:
@@ -76,7 +77,8 @@ class Transport:
     """
 
     def __init__(self, node_id: int, bind: str, peers: dict[int, str], *, model_hash: str,
-                 spec_hash: str, algorithm: str, dtype: str, shape: tuple[int, ...],
+                 spec_hash: str, algorithm: str, dtype: str, shape: tuple[int, ...], arrays: int = 1,
+                 deadline: float = 10.0, copy_sends: bool = True,
                  logger: logging.Logger | None = None, context: zmq.Context | None = None):
         if node_id in peers:
             raise UserError(f"node {node_id} lists itself among its peers")
@@ -84,7 +86,8 @@ class Transport:
             raise UserError(f"dtype {dtype!r} is not float32 or float64")
         self.node_id, self.peers = node_id, {int(p): a for p, a in peers.items()}
         self.model_hash, self.spec_hash, self.algorithm = model_hash, spec_hash, algorithm
-        self.dtype, self.shape = np.dtype(dtype), tuple(int(n) for n in shape)
+        self.dtype, self.shape, self.arrays = np.dtype(dtype), tuple(int(n) for n in shape), int(arrays)
+        self.deadline, self.copy_sends = float(deadline), bool(copy_sends)
         self.log = logger or logging.getLogger(__name__)
         self.suspected: set[int] = set()
         self.departed: set[int] = set()
@@ -115,7 +118,8 @@ class Transport:
             try:
                 self._pull.bind(bind)
             except zmq.ZMQError as e:
-                raise UserError(f"node {node_id}: cannot bind {bind}: {e}") from None
+                kind = AddressInUse if e.errno == zmq.EADDRINUSE else UserError
+                raise kind(f"node {node_id}: cannot bind {bind}: {e}") from None
             self.endpoint: str = self._pull.getsockopt(zmq.LAST_ENDPOINT).decode()
             for pid, addr in sorted(self.peers.items()):
                 push = self._push[pid] = self._ctx.socket(zmq.PUSH)
@@ -207,26 +211,31 @@ class Transport:
             self._say_hello(sender, reply=True)
 
     # -- rounds ------------------------------------------------------------------------------
-    def exchange(self, round: int, array: np.ndarray, deadline: float, *,
-                 copy: bool = True) -> dict[int, np.ndarray]:
-        """Send `array` as round `round` to every live neighbour, then collect their round-`round`
-        params for at most `deadline` seconds (counted from this call; see the module docstring
-        for the extra time given to neighbours that are alive but late).
+    def exchange(self, round: int, arrays: tuple[np.ndarray, ...] | np.ndarray, deadline: float | None = None,
+                 *, copy: bool | None = None) -> dict[int, tuple[np.ndarray, ...]]:
+        """Send `arrays` (the algorithm's `self.arrays` messages) as round `round` to every live
+        neighbour, then collect their round-`round` params for at most `deadline` seconds (counted
+        from this call; see the module docstring for the extra time given to neighbours that are
+        alive but late; None: the transport's `deadline`). A single array may be passed for a
+        one-message algorithm.
 
-        Returns neighbour id -> read-only array (shape `shape`, dtype `dtype`). Neighbours that
-        miss the deadline join `suspected`. Sends are zero-copy, so ZeroMQ may still be reading
-        the sent buffer after this returns: with `copy=True` (default) that buffer is a private
-        snapshot (one memcpy into a reused buffer, shared by all neighbours) and the caller may
-        overwrite `array` at once. `copy=False` sends `array` itself; then never modify it in place afterwards (a
-        fresh array per round, as the pure update rules produce, is safe).
+        Returns neighbour id -> tuple of read-only arrays (shape `shape`, dtype `dtype`). Neighbours
+        that miss the deadline join `suspected`. Sends are zero-copy, so ZeroMQ may still be reading
+        the sent buffers after this returns: with `copy=True` (default: `copy_sends`) they are private snapshots
+        (one memcpy into reused buffers, shared by all neighbours) and the caller may overwrite
+        `arrays` at once. `copy=False` sends `arrays` themselves; then never modify them in place
+        afterwards (fresh arrays per round, as the pure update rules produce, are safe).
         """
         if self._closed:
             raise RuntimeError(f"node {self.node_id}: exchange on a closed transport")
         if not isinstance(round, int) or round < self._round:
             raise ValueError(f"round {round!r}: rounds must be ints >= {self._round}")
-        if array.dtype != self.dtype or array.shape != self.shape:
-            raise ValueError(f"exchange got {array.dtype} {list(array.shape)}, transport carries "
-                             f"{self.dtype} {list(self.shape)}")
+        arrays = (arrays,) if isinstance(arrays, np.ndarray) else tuple(arrays)
+        deadline = self.deadline if deadline is None else deadline
+        copy = self.copy_sends if copy is None else copy
+        if len(arrays) != self.arrays or any(a.dtype != self.dtype or a.shape != self.shape for a in arrays):
+            raise ValueError(f"exchange got {[(a.dtype.name, list(a.shape)) for a in arrays]}, transport carries "
+                             f"{self.arrays} x {self.dtype} {list(self.shape)}")
         start = time.monotonic()
         sent0, recv0, drops0 = self.bytes_sent, self.bytes_received, sum(self.drop_counts.values())
         self._round = round
@@ -234,9 +243,8 @@ class Transport:
             del self._pending[old]
         trackers = None
         if copy:
-            array, trackers = self._snapshot(array)
-        frames = encode({"type": "params", "sender": self.node_id, "round": round,
-                         "algorithm": self.algorithm, "model_hash": self.model_hash}, array)
+            arrays, trackers = self._snapshot(arrays)
+        frames = self._params_frames(round, arrays)
         for pid in sorted(self.live):
             self._send(pid, frames, trackers=trackers)
         waiting = time.monotonic()
@@ -258,8 +266,16 @@ class Transport:
             "newly_suspected": late, "dropped": sum(self.drop_counts.values()) - drops0}
         return got
 
-    def _snapshot(self, array: np.ndarray) -> tuple[np.ndarray, list[zmq.MessageTracker]]:
-        """Copy `array` into a buffer ZeroMQ no longer reads (its send trackers are done).
+    def _params_frames(self, round: int, arrays: tuple[np.ndarray, ...]) -> list:
+        return encode({"type": "params", "sender": self.node_id, "round": round,
+                       "algorithm": self.algorithm, "model_hash": self.model_hash}, arrays)
+
+    def message_bytes(self, round: int, arrays: tuple[np.ndarray, ...]) -> int:
+        """The exact bytes one round-`round` params message with `arrays` puts on the wire."""
+        return sum(len(f) for f in self._params_frames(round, arrays))
+
+    def _snapshot(self, arrays: tuple[np.ndarray, ...]) -> tuple[tuple[np.ndarray, ...], list[zmq.MessageTracker]]:
+        """Copy `arrays` into buffers ZeroMQ no longer reads (their send trackers are done).
 
         Reusing warm buffers avoids paging in fresh memory every round; a buffer still queued
         for a slow peer is left alone and a new one is used.
@@ -268,12 +284,13 @@ class Transport:
             if all(t.done for t in trackers):
                 break
         else:
-            buf, trackers = np.empty(self.shape, self.dtype.newbyteorder("<")), []
+            buf, trackers = np.empty((self.arrays, *self.shape), self.dtype.newbyteorder("<")), []
             if len(self._snapshots) < SNAPSHOTS:
                 self._snapshots.append((buf, trackers))
-        np.copyto(buf, array)
+        for i, a in enumerate(arrays):
+            np.copyto(buf[i], a)
         trackers.clear()
-        return buf, trackers
+        return tuple(buf), trackers
 
     def _collect(self, round: int, start: float, deadline: float) -> None:
         """Pump until every live neighbour's round-`round` params are in, or the deadline.
@@ -360,7 +377,7 @@ class Transport:
     def _handle(self, frames: list) -> None:
         self.bytes_received += sum(len(f) for f in frames)
         expect = Expect(set(self.peers), self.model_hash, self.algorithm, {self.dtype.name},
-                        self.shape, 0, self._round + ROUND_WINDOW)
+                        self.shape, 0, self._round + ROUND_WINDOW, self.arrays)
         try:
             msg = decode(frames, expect)
         except WireError as e:
@@ -369,6 +386,9 @@ class Transport:
                 problem = f"model hash {h['model_hash']!r:.80} but ours is {self.model_hash!r}; " \
                           f"all agents must train the same model"
                 return self._on_hello(h["sender"], h, problem)
+            if e.field == "v" and h.get("type") == "hello" and type(h.get("sender")) is int and h["sender"] in self.peers:
+                return self._on_hello(h["sender"], h, f"{e.reason}; upgrade p2pntk so every agent "
+                                                      "speaks the same protocol")
             who = f"from peer {h['sender']}: " if isinstance(h.get("sender"), int) else ""
             return self._drop("invalid", who + e.reason, logging.WARNING)
         s = msg.sender
@@ -388,4 +408,4 @@ class Transport:
             self._drop("duplicate", f"second round-{msg.round} message from peer {s}",
                        logging.WARNING)
         else:
-            self._pending[msg.round][s] = msg.array
+            self._pending[msg.round][s] = msg.arrays

@@ -1,13 +1,16 @@
-"""The p2p-ntk wire format: a UTF-8 JSON header frame, then the raw little-endian array bytes.
+"""The p2p-ntk wire format (docs/design.md, section 7): a UTF-8 JSON header frame, then raw arrays.
 
 `encode` builds the multipart frames; `decode` validates every field against what this agent
 expects and raises `WireError` naming the first problem. Nothing from the wire is ever deserialised as code.
 
-Frames: [header] for hello and bye, [header, array] for params. Header keys:
+Frames: [header] for hello and bye, [header, array_1, ..., array_n] for params, where n is the
+algorithm's number of messages (1 for DGD/ATC/CTA, 2 for GT: theta and the tracker). Header keys:
   every type  v (= PROTOCOL_VERSION), type, sender (int), model_hash (str)
   hello       spec_hash (str), degree (int >= 0), heard (list of ids), reply (bool), extras
-  params      round (int), algorithm (str), dtype ("float32" | "float64"), shape (list of int)
-Array frame: the prod(shape) * itemsize bytes of the array, little-endian, C order.
+  params      round (int), algorithm (str), dtype ("float32" | "float64"), shape (list of int),
+              arrays (int, = n)
+Array frames: the prod(shape) * itemsize bytes of each array, little-endian, C order; all arrays of
+one message share the header's dtype and shape. Version 2 added the array count (version 1 carried one).
 """
 from __future__ import annotations
 
@@ -17,11 +20,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MESSAGE_TYPES = ("hello", "params", "bye")
 MAX_HEADER_BYTES = 65536
 _FLOAT_DTYPES = ("float16", "float32", "float64")
-_FRAMES = {"hello": 1, "params": 2, "bye": 1}  # header [+ array]
+_FRAMES = {"hello": 1, "bye": 1}  # header only; params: header + `Expect.arrays` arrays
+
+
+def _params_header_bound() -> int:
+    """Bytes of the largest params header this code sends: round, sender and shape at their limits."""
+    header = {"type": "params", "sender": 2**31, "round": 2**31, "algorithm": "x" * 16, "model_hash": "0" * 16}
+    return len(encode(header, np.zeros((0,), np.float64))[0]) + len("[1099511627776]") + 8
 
 
 class WireError(ValueError):
@@ -43,29 +52,37 @@ class Expect:
     shape: tuple[int, ...]
     round_lo: int = 0
     round_hi: int = 2**31
+    arrays: int = 1
 
 
 @dataclass
 class Message:
-    """A validated message. `round` is -1 for hello/bye. `array` (params only) is a view of the
-    received frame, no copy: read-only for bytes or zmq.Frame input; copy it before writing."""
+    """A validated message. `round` is -1 for hello/bye. `arrays` (params only) are views of the
+    received frames, no copy: read-only for bytes or zmq.Frame input; copy them before writing."""
     type: str
     sender: int
     round: int
     header: dict
-    array: np.ndarray | None
+    arrays: tuple[np.ndarray, ...] | None
 
 
-def encode(header: dict, array: np.ndarray | None = None) -> list:
-    """Return frames [JSON header] or [JSON header, array bytes]; the array frame is a zero-copy
-    memoryview (send with copy=False, and do not mutate the array until it has gone out)."""
+def encode(header: dict, arrays: np.ndarray | tuple[np.ndarray, ...] | None = None) -> list:
+    """Return frames [JSON header] or [JSON header, array_1 bytes, ...]; array frames are zero-copy
+    memoryviews (send with copy=False, and do not mutate the arrays until they have gone out).
+    All arrays must share one dtype and shape."""
     header = {**header, "v": PROTOCOL_VERSION}
-    if array is None:
+    if arrays is None:
         return [json.dumps(header, separators=(",", ":"), allow_nan=False).encode()]
-    array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
-    header["dtype"], header["shape"] = array.dtype.name, list(array.shape)
+    arrays = (arrays,) if isinstance(arrays, np.ndarray) else tuple(arrays)
+    out = [np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")) for a in arrays]
+    if any(a.dtype != out[0].dtype or a.shape != out[0].shape for a in out):
+        raise ValueError("all arrays of one message must share dtype and shape")
+    header["dtype"], header["shape"], header["arrays"] = out[0].dtype.name, list(out[0].shape), len(out)
     head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
-    return [head, memoryview(array).cast("B")]
+    return [head, *(memoryview(a).cast("B") for a in out)]
+
+
+PARAMS_HEADER_BYTES = _params_header_bound()  # an upper bound on one params header (profiles' estimates)
 
 
 def _buffer(frame) -> memoryview:
@@ -73,6 +90,11 @@ def _buffer(frame) -> memoryview:
         return memoryview(getattr(frame, "buffer", frame)).cast("B")
     except TypeError:
         raise WireError(f"frame is {type(frame).__name__}, not bytes") from None
+
+
+def _short(n: int) -> str:
+    """An int from the wire for a log line (a 5,000-digit int cannot even be formatted)."""
+    return str(n) if -10**18 < n < 10**18 else "(a huge number)"
 
 
 def _field(h: dict, name: str, kind: type):
@@ -101,11 +123,11 @@ def decode(frames: list, expect: Expect) -> Message:
     if not isinstance(h, dict):
         raise WireError(f"header is a JSON {type(h).__name__}, not an object")
     if (v := _field(h, "v", int)) != PROTOCOL_VERSION:
-        raise WireError(f"protocol version {v} != ours {PROTOCOL_VERSION}", field="v", header=h)
+        raise WireError(f"protocol version {_short(v)} but ours is {PROTOCOL_VERSION}", field="v", header=h)
     if (kind := _field(h, "type", str)) not in MESSAGE_TYPES:
         raise WireError(f"unknown message type {kind!r:.40}", field="type", header=h)
-    if len(frames) != _FRAMES[kind]:
-        raise WireError(f"{kind} message has {len(frames)} frames, expected {_FRAMES[kind]}",
+    if len(frames) != (n_frames := _FRAMES.get(kind, 1 + expect.arrays)):
+        raise WireError(f"{kind} message has {len(frames)} frames, expected {n_frames}",
                         header=h)
     if (sender := _field(h, "sender", int)) not in expect.neighbours:
         raise WireError(f"sender {sender} is not a neighbour {sorted(expect.neighbours)}",
@@ -132,16 +154,23 @@ def decode(frames: list, expect: Expect) -> Message:
     if (dt := _field(h, "dtype", str)) not in expect.dtypes or dt not in _FLOAT_DTYPES:
         raise WireError(f"dtype {dt!r:.40} not allowed (allowed: {sorted(expect.dtypes)})",
                         field="dtype", header=h)
+    if _field(h, "arrays", int) != expect.arrays:
+        raise WireError(f"arrays {_short(h['arrays'])} != ours {expect.arrays}", field="arrays", header=h)
     shape = _field(h, "shape", list)
     if not all(type(n) is int for n in shape) or tuple(shape) != tuple(expect.shape):
         raise WireError(f"shape {shape!s:.80} != model shape {list(expect.shape)}", field="shape",
                         header=h)
     dtype = np.dtype(dt).newbyteorder("<")
-    payload = _buffer(frames[1])
-    if len(payload) != math.prod(expect.shape) * dtype.itemsize:
+    return Message(kind, sender, r, h, tuple(_array(f, dtype, expect.shape, h) for f in frames[1:]))
+
+
+def _array(frame, dtype: np.dtype, shape: tuple[int, ...], h: dict) -> np.ndarray:
+    """One array frame as a read-only view, checked for length and finite values."""
+    payload = _buffer(frame)
+    if len(payload) != math.prod(shape) * dtype.itemsize:
         raise WireError(f"array frame is {len(payload)} bytes, expected "
-                        f"{math.prod(expect.shape)} x {dtype.itemsize}", header=h)
-    array = np.frombuffer(payload, dtype=dtype).reshape(expect.shape)
+                        f"{math.prod(shape)} x {dtype.itemsize}", header=h)
+    array = np.frombuffer(payload, dtype=dtype).reshape(shape)
     # One BLAS pass: sum(a*a) is finite unless a value is NaN/inf (or the sum overflows, which
     # the exact scan below then rules out); about 25% cheaper than np.isfinite(a).all().
     with np.errstate(over="ignore", invalid="ignore"):
@@ -149,4 +178,4 @@ def decode(frames: list, expect: Expect) -> Message:
     if not np.isfinite(squares) and not np.isfinite(array).all():
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
         raise WireError(f"array has {bad} non-finite values (NaN/inf)", header=h)
-    return Message(kind, sender, r, h, array)
+    return array

@@ -9,14 +9,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from typing import Callable
+
 from coordinator_free.common.errors import UserError
+from coordinator_free.wire import PARAMS_HEADER_BYTES
 from firmware_profiles.profile import Profile
 
-# The JSON header frame of a params message is ~120 bytes (coordinator_free.wire); round up.
-HEADER_BYTES = 256
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                    "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
-ALGORITHMS = ("dgd", "atc", "cta")
 
 
 def apply_threads(profile: Profile) -> dict[str, Any]:
@@ -61,31 +61,23 @@ def _check_workload(**kw: Any) -> None:
         raise UserError(f"dtype_bytes = {kw['dtype_bytes']!r}: expected 2, 4 or 8")
 
 
-def mlp_num_params(d: int, width: int, depth: int, k: int) -> int:
-    """P of the DESIGN section 3 MLP (depth 0: affine), used to solve the memory estimate for width.
-
-    Mirrors ``agent.model.ModelConfig.num_params``, which this lowest layer may not import;
-    tests/test_profiles.py checks the two agree.
-    """
-    if depth == 0:
-        return d * k + k
-    return d * width + width + (depth - 1) * (width * width + width) + width * k + k
-
-
 def estimate_memory(profile: Profile | None, *, n_params: int, width: int, depth: int, d: int,
-                    k: int, batch: int, n_neighbours: int, dtype_bytes: int,
+                    k: int, batch: int, n_neighbours: int, dtype_bytes: int, messages: int = 1,
                     forecast_samples: int = 0, n_agents: int = 1,
                     agents_on_device: int = 1) -> dict[str, Any]:
     """Peak bytes one device needs to train (and, with ``forecast_samples``, to forecast).
 
-    With P = n_params, s = dtype_bytes, b = batch, n = n_neighbours, M = forecast_samples (all
-    agents' training points together, DESIGN section 5) and N = n_agents:
+    With P = n_params, s = dtype_bytes, b = batch, n = n_neighbours, m = messages (arrays sent per
+    round: the algorithm's, agent.algorithms), M = forecast_samples (all agents' training points
+    together, docs/design.md section 5) and N = n_agents:
 
-        parameters  = P s (4 + n)      theta, gradient, mixed vector, checkpoint copy, n receive buffers
+        parameters  = P s (3 + m (1 + n))   theta, gradient, checkpoint copy; m mixed vectors and
+                                       m receive buffers per neighbour
         activations = b s (d + 2k + (3 depth + 1) width)   [depth >= 1; b s (d + 2k) if affine]
                                        X; z_l, h_l and dh_l per hidden layer (agent.model keeps them
                                        as scratch between steps) and one s'(z); f and f - y
-        messages    = (1 + n)(P s + HEADER_BYTES)   the outgoing snapshot, one early message per neighbour
+        messages    = (1 + n)(m P s + PARAMS_HEADER_BYTES)   the outgoing message, one early one per
+                                       neighbour (the header bound is coordinator_free.wire's)
         forecast_kernel = (M k)^2 * 8   the float64 NTK Gram matrix K
         forecast_state  = 3 N M k * 8   the kernel-space state c, its update, and b
         total = agents_on_device * (parameters + activations + messages) + forecast_kernel + forecast_state
@@ -94,33 +86,35 @@ def estimate_memory(profile: Profile | None, *, n_params: int, width: int, depth
     "budget" (profile.budget_bytes).
     """
     _check_workload(n_params=n_params, width=width, depth=depth, d=d, k=k, batch=batch,
-                    n_neighbours=n_neighbours, dtype_bytes=dtype_bytes,
+                    n_neighbours=n_neighbours, dtype_bytes=dtype_bytes, messages=messages,
                     forecast_samples=forecast_samples, n_agents=n_agents,
                     agents_on_device=agents_on_device)
-    P, s, b, n, M = n_params, dtype_bytes, batch, n_neighbours, forecast_samples
+    P, s, b, n, M, m = n_params, dtype_bytes, batch, n_neighbours, forecast_samples, messages
     per_sample = d + 2 * k + ((3 * depth + 1) * width if depth >= 1 else 0)
     out: dict[str, Any] = {
-        "parameters": P * s * (4 + n),
+        "parameters": P * s * (3 + m * (1 + n)),
         "activations": b * s * per_sample,
-        "messages": (1 + n) * (P * s + HEADER_BYTES),
+        "messages": (1 + n) * (m * P * s + PARAMS_HEADER_BYTES),
         "forecast_kernel": (M * k) ** 2 * 8,
         "forecast_state": 3 * n_agents * M * k * 8,
     }
     training = out["parameters"] + out["activations"] + out["messages"]
     out["total"] = agents_on_device * training + out["forecast_kernel"] + out["forecast_state"]
     out["inputs"] = dict(n_params=P, width=width, depth=depth, d=d, k=k, batch=b, n_neighbours=n,
-                         dtype_bytes=s, forecast_samples=M, n_agents=n_agents,
+                         dtype_bytes=s, messages=m, forecast_samples=M, n_agents=n_agents,
                          agents_on_device=agents_on_device)
     if profile is not None:
         out["budget"] = profile.budget_bytes
     return out
 
 
-def check_fits(profile: Profile, estimate: dict[str, Any]) -> None:
+def check_fits(profile: Profile, estimate: dict[str, Any],
+               params_at_width: Callable[[int], int] | None = None) -> None:
     """Raise UserError if ``estimate["total"]`` (from ``estimate_memory``) exceeds the agent budget.
 
-    The message gives the figure and the fix: the largest model.width that fits
-    (``largest_width``) and, when forecasting, the largest forecast_samples that fits.
+    The message gives the figure and the fix: the largest model.width that fits (``largest_width``,
+    given ``params_at_width``, the model's P as a function of its width) and, when forecasting,
+    the largest forecast_samples that fits.
     """
     total, budget = estimate["total"], profile.budget_bytes
     if total <= budget:
@@ -129,7 +123,7 @@ def check_fits(profile: Profile, estimate: dict[str, Any]) -> None:
     head = (f"width {inp['width']} needs {format_bytes(total)} on {profile.name} but its agent "
             f"budget is {format_bytes(budget)}")
     fixes = []
-    if inp["depth"] >= 1 and (width := largest_width(budget, estimate)) >= 1:
+    if params_at_width and inp["depth"] >= 1 and (width := largest_width(budget, estimate, params_at_width)) >= 1:
         fixes.append(f"model.width <= {width}")
     if inp["forecast_samples"]:
         samples = _largest(lambda m: _total(inp, forecast_samples=m) <= budget)
@@ -143,17 +137,16 @@ def check_fits(profile: Profile, estimate: dict[str, Any]) -> None:
     raise UserError(f"{head}: {fix}")
 
 
-def largest_width(budget_bytes: int, estimate: dict[str, Any]) -> int:
+def largest_width(budget_bytes: int, estimate: dict[str, Any], params_at_width: Callable[[int], int]) -> int:
     """The largest MLP width whose ``estimate_memory`` total, all else as in ``estimate``, is at
-    most ``budget_bytes`` (P = mlp_num_params(d, width, depth, k)); 0 if not even width 1 fits.
+    most ``budget_bytes`` (P = params_at_width(width), from the model); 0 if not even width 1 fits.
 
     The total grows with width, so this bisects on it: the estimate solved for width.
     """
     inp = estimate["inputs"]
     if inp["depth"] == 0:  # the affine model has no width
         return 0
-    return _largest(lambda w: _total(inp, width=w, n_params=mlp_num_params(
-        inp["d"], w, inp["depth"], inp["k"])) <= budget_bytes)
+    return _largest(lambda w: _total(inp, width=w, n_params=params_at_width(w)) <= budget_bytes)
 
 
 def _total(inputs: dict[str, Any], **change: int) -> int:
@@ -174,14 +167,15 @@ def _largest(ok) -> int:
 
 
 def estimate_round_time(profile: Profile, *, n_params: int, width: int, depth: int, d: int,
-                        k: int, batch: int, n_neighbours: int, dtype_bytes: int, algorithm: str,
+                        k: int, batch: int, n_neighbours: int, dtype_bytes: int, messages: int = 1,
                         eval_samples: int = 0) -> dict[str, float]:
     """Seconds per synchronous round on ``profile``: compute, then communication.
 
-        flops     = 6 b P  +  2 (n + 1) P  +  2 E P
-                    (forward + backward on the batch; mixing n + 1 vectors; forward on E eval points)
+        flops     = 6 b P  +  2 m (n + 1) P  +  2 E P
+                    (forward + backward on the batch; mixing n + 1 copies of m vectors; forward on
+                    E eval points)
         compute_s = flops / (profile.effective_gflops * 1e9)
-        message   = P s + HEADER_BYTES   bytes, one per neighbour per round
+        message   = m P s + PARAMS_HEADER_BYTES   bytes, one per neighbour per round
         comm_s    = n (latency + 8 message / bandwidth)
         total_s   = compute_s + comm_s
 
@@ -189,17 +183,17 @@ def estimate_round_time(profile: Profile, *, n_params: int, width: int, depth: i
     other, each taking latency + transmission time (``emulation.LinkShaper`` sleeps exactly
     that per send); neighbours send over their own links in parallel, so the round waits for
     the slowest neighbour, n for a regular graph. Compute and communication do not overlap.
-    DGD, ATC and CTA all take one gradient and send one P-vector per round, so they cost the
-    same; width, depth, d and k are accepted so that one workload dict serves both estimators.
+    Every registered algorithm takes one gradient per round; they differ in m, the arrays per
+    message (``agent.algorithms``: 1 for DGD/ATC/CTA, 2 for GT). width, depth, d and k are accepted
+    so that one workload dict serves both estimators.
     """
     _check_workload(n_params=n_params, width=width, depth=depth, d=d, k=k, batch=batch,
-                    n_neighbours=n_neighbours, dtype_bytes=dtype_bytes, eval_samples=eval_samples)
-    if algorithm not in ALGORITHMS:
-        raise UserError(f"algorithm = {algorithm!r}: expected one of {', '.join(ALGORITHMS)}")
+                    n_neighbours=n_neighbours, dtype_bytes=dtype_bytes, messages=messages,
+                    eval_samples=eval_samples)
     P, n = n_params, n_neighbours
-    flops = 6 * batch * P + 2 * (n + 1) * P + 2 * eval_samples * P
+    flops = 6 * batch * P + 2 * messages * (n + 1) * P + 2 * eval_samples * P
     compute_s = flops / (profile.effective_gflops * 1e9)
-    message = P * dtype_bytes + HEADER_BYTES
+    message = messages * P * dtype_bytes + PARAMS_HEADER_BYTES
     per_message = profile.latency_ms / 1e3 + 8 * message / (profile.bandwidth_mbit * 1e6)
     comm_s = n * per_message
     return {"flops": float(flops), "compute_s": compute_s, "message_bytes": float(message),

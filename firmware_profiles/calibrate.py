@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from coordinator_free.common.errors import UserError
+from coordinator_free.common.files import dumps_toml, write_text
 from firmware_profiles.profile import ARCHITECTURES, MIB, Profile, parse_profile
 
 # (m, k, n) of the "numpy-size" matmul behind every effective GFLOPS figure: a 256-row
@@ -249,18 +250,5 @@ def calibrate(out: str | Path, *, name: str | None = None, peer: str | None = No
     }
     text = f"# Written by `p2pntk profiles calibrate` on {when}.\n" + dumps_toml(fields)
     profile = parse_profile(text, str(out))
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    write_text(out, text)
     return profile
-
-
-def dumps_toml(tables: dict[str, dict]) -> str:
-    """Tables of strings, numbers and string lists as TOML (JSON strings are TOML basic strings)."""
-    lines = []
-    for section, body in tables.items():
-        lines.append(f"\n[{section}]")
-        for key, value in body.items():
-            key = key if key.replace("_", "").isalnum() else json.dumps(key)
-            lines.append(f"{key} = {json.dumps(value)}")
-    return "\n".join(lines).lstrip("\n") + "\n"

@@ -113,3 +113,24 @@ def host_gflops() -> float:
     """
     from firmware_profiles.calibrate import REFERENCE_SHAPE, matmul_gflops
     return matmul_gflops(*REFERENCE_SHAPE, seconds=HOST_BENCHMARK_SECONDS)
+
+
+class ShapedGossip:
+    """A gossip (``coordinator_free.gossip.Gossip``) whose sends go through a board's link.
+
+    Before each exchange it waits, on one uplink, for one message per live neighbour of exactly the
+    size ``inner.message_bytes(round, arrays)`` puts on the wire (the real encoded bytes, header
+    included), then delegates. Everything else (``live``, ``suspected``, counters) is the inner one's.
+    """
+
+    def __init__(self, inner, shaper: LinkShaper) -> None:
+        self.inner, self.shaper = inner, shaper
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def exchange(self, round: int, arrays, *args, **kw):
+        nbytes = self.inner.message_bytes(round, arrays)
+        for _ in self.inner.live:  # one uplink: the board sends its messages one after another
+            self.shaper.wait_before_send(nbytes)
+        return self.inner.exchange(round, arrays, *args, **kw)

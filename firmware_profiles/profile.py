@@ -12,12 +12,9 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 from coordinator_free.common.errors import UserError
-from coordinator_free.common.files import read_toml
-
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from coordinator_free.common.files import loads_toml, read_toml
+from coordinator_free.common.schema import Bad as _Bad
+from coordinator_free.common.schema import Record, one_of, setting, text
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 ARCHITECTURES = ("aarch64", "armv7l", "armv6l", "x86_64", "riscv64", "ppc64le", "s390x")
@@ -31,25 +28,6 @@ PROVIDERS = GPU_PROVIDERS + ("OpenVINOExecutionProvider", "DnnlExecutionProvider
 SOURCE_KINDS = ("public spec:", "estimated:", "measured:")
 MIB = 2**20
 
-Check = Callable[[str, Any], Any]
-
-
-class _Bad(Exception):
-    """A value failed its check; ``load_profile`` adds the file name and raises UserError."""
-
-
-def _text(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _Bad(f"{key} = {value!r}: expected a non-empty string")
-    return value
-
-
-def _one_of(*choices: str) -> Check:
-    def check(key: str, value: Any) -> str:
-        if not isinstance(value, str) or value not in choices:
-            raise _Bad(f"{key} = {value!r}: expected one of {', '.join(choices)}")
-        return value
-    return check
 
 
 def _positive_int(key: str, value: Any) -> int:
@@ -82,22 +60,61 @@ def _providers(key: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-# section -> key -> (required?, check)
-SCHEMA: dict[str, dict[str, tuple[bool, Check]]] = {
-    "device": {"name": (True, _text), "description": (False, _text),
-               "architecture": (True, _one_of(*ARCHITECTURES)),
-               "cores": (True, _positive_int), "threads": (True, _positive_int)},
-    "memory": {"total_mb": (True, _positive), "budget_mb": (True, _positive)},
-    "cpu": {"model": (True, _text), "peak_gflops": (True, _positive),
-            "effective_fraction": (True, _fraction)},
-    "gpu": {"model": (True, _text), "peak_gflops": (True, _positive),
-            "effective_fraction": (True, _fraction)},
-    "kernels": {"preferred": (True, _one_of(*KERNELS)), "providers": (True, _providers),
-                "dtype": (True, _one_of(*DTYPES))},
-    "network": {"link": (True, _text), "bandwidth_mbit": (True, _positive),
-                "latency_ms": (True, _positive)},
-}
-OPTIONAL_SECTIONS = ("gpu", "sources")
+@dataclass(frozen=True)
+class DeviceSection(Record):
+    name: str = setting(check=text)
+    architecture: str = setting(check=one_of(*ARCHITECTURES))
+    cores: int = setting(check=_positive_int)
+    threads: int = setting(check=_positive_int)
+    description: str = setting("", text)
+
+
+@dataclass(frozen=True)
+class MemorySection(Record):
+    total_mb: float = setting(check=_positive)
+    budget_mb: float = setting(check=_positive)
+
+
+@dataclass(frozen=True)
+class ComputeSection(Record):
+    model: str = setting(check=text)
+    peak_gflops: float = setting(check=_positive)
+    effective_fraction: float = setting(check=_fraction)
+
+
+@dataclass(frozen=True)
+class KernelsSection(Record):
+    preferred: str = setting(check=one_of(*KERNELS))
+    providers: tuple = setting(check=_providers)
+    dtype: str = setting(check=one_of(*DTYPES))
+
+
+@dataclass(frozen=True)
+class NetworkSection(Record):
+    link: str = setting(check=text)
+    bandwidth_mbit: float = setting(check=_positive)
+    latency_ms: float = setting(check=_positive)
+
+
+def _source_table(key: str, value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise _Bad(f"[{key}] must be a table, got {value!r}")
+    return dict(value)
+
+
+@dataclass(frozen=True)
+class ProfileFile(Record):
+    """A profile TOML file as written; ``Profile`` is what the code reads (figures flattened)."""
+
+    device: DeviceSection = setting(check=None)
+    memory: MemorySection = setting(check=None)
+    cpu: ComputeSection = setting(check=None)
+    kernels: KernelsSection = setting(check=None)
+    network: NetworkSection = setting(check=None)
+    gpu: ComputeSection | None = setting(None)
+    sources: dict = setting({}, _source_table)
+
+
 # Figures that must say where they come from in [sources].
 SOURCED = ("device.cores", "memory.total_mb", "cpu.peak_gflops", "cpu.effective_fraction",
            "network.bandwidth_mbit", "network.latency_ms")
@@ -189,86 +206,58 @@ def load_profile(name_or_path: str | Path) -> Profile:
     """
     path = profile_path(name_or_path)
     label = path.name if path.parent == PROFILE_DIR else str(path)
-    raw = read_toml(path, f"profile {label}")
-    try:
-        return _build(raw, str(path))
-    except _Bad as err:
-        raise UserError(f"profile {label}: {err}") from None
+    return _build(read_toml(path, f"profile {label}"), str(path), f"profile {label}")
 
 
 def parse_profile(text: str, source: str = "<text>") -> Profile:
     """Validate profile TOML text (as ``load_profile`` does for a file)."""
+    return _build(loads_toml(text, f"profile {source}"), source, f"profile {source}")
+
+
+def _build(raw: dict, path: str, where: str) -> Profile:
+    f = ProfileFile.from_table(raw, where)
     try:
-        return _build(tomllib.loads(text), source)
-    except tomllib.TOMLDecodeError as err:
-        raise UserError(f"profile {source} is not valid TOML: {err}") from None
+        _check(f)
     except _Bad as err:
-        raise UserError(f"profile {source}: {err}") from None
-
-
-def _build(raw: dict, path: str) -> Profile:
-    values: dict[str, dict[str, Any]] = {}
-    for section, body in raw.items():
-        if section not in SCHEMA and section != "sources":
-            raise _Bad(f"unknown section [{section}] (known: {', '.join([*SCHEMA, 'sources'])})")
-        if not isinstance(body, dict):
-            raise _Bad(f"[{section}] must be a table, got {body!r}")
-    for section, keys in SCHEMA.items():
-        body = raw.get(section)
-        if body is None:
-            if section in OPTIONAL_SECTIONS:
-                continue
-            raise _Bad(f"missing section [{section}]")
-        for key in body:
-            if key not in keys:
-                raise _Bad(f"unknown key {section}.{key} (known in [{section}]: {', '.join(keys)})")
-        values[section] = {}
-        for key, (required, check) in keys.items():
-            if key in body:
-                values[section][key] = check(f"{section}.{key}", body[key])
-            elif required:
-                raise _Bad(f"missing key {section}.{key}")
-    sources = _sources(raw.get("sources", {}), has_gpu="gpu" in values)
-    dev, mem, cpu, ker, net = (values[s] for s in ("device", "memory", "cpu", "kernels", "network"))
-    gpu = values.get("gpu", {})
-    if mem["budget_mb"] > mem["total_mb"]:
-        raise _Bad(f"memory.budget_mb = {_num(mem['budget_mb'])} exceeds memory.total_mb = "
-                   f"{_num(mem['total_mb'])}")
-    if dev["threads"] > dev["cores"]:
-        raise _Bad(f"device.threads = {dev['threads']} exceeds device.cores = {dev['cores']}")
-    if ker["providers"][0] in GPU_PROVIDERS and not gpu:
-        raise _Bad(f"kernels.providers = {list(ker['providers'])!r}: {ker['providers'][0]} needs a "
-                   "[gpu] section")
+        raise UserError(f"{where}: {err}") from None
+    dev, mem, cpu, ker, net, gpu = f.device, f.memory, f.cpu, f.kernels, f.network, f.gpu
     return Profile(
-        name=dev["name"], path=path, description=dev.get("description", ""),
-        architecture=dev["architecture"], cores=dev["cores"], threads=dev["threads"],
-        memory_mb=mem["total_mb"], budget_mb=mem["budget_mb"],
-        cpu_model=cpu["model"], cpu_peak_gflops=cpu["peak_gflops"],
-        cpu_effective_fraction=cpu["effective_fraction"],
-        gpu_model=gpu.get("model"), gpu_peak_gflops=gpu.get("peak_gflops"),
-        gpu_effective_fraction=gpu.get("effective_fraction"),
-        kernels=ker["preferred"], providers=ker["providers"], dtype=ker["dtype"],
-        link=net["link"], bandwidth_mbit=net["bandwidth_mbit"], latency_ms=net["latency_ms"],
-        sources=MappingProxyType(sources))
+        name=dev.name, path=path, description=dev.description,
+        architecture=dev.architecture, cores=dev.cores, threads=dev.threads,
+        memory_mb=mem.total_mb, budget_mb=mem.budget_mb,
+        cpu_model=cpu.model, cpu_peak_gflops=cpu.peak_gflops, cpu_effective_fraction=cpu.effective_fraction,
+        gpu_model=gpu and gpu.model, gpu_peak_gflops=gpu and gpu.peak_gflops,
+        gpu_effective_fraction=gpu and gpu.effective_fraction,
+        kernels=ker.preferred, providers=ker.providers, dtype=ker.dtype,
+        link=net.link, bandwidth_mbit=net.bandwidth_mbit, latency_ms=net.latency_ms,
+        sources=MappingProxyType(dict(f.sources)))
 
 
-def _sources(body: dict, has_gpu: bool) -> dict[str, str]:
-    """[sources]: "section.key" = "public spec: ..." | "estimated: ..." | "measured: ...".
-
-    Every figure in SOURCED (and GPU_SOURCED with a [gpu] section) must have one.
-    """
-    known = {f"{s}.{k}" for s, keys in SCHEMA.items() for k in keys}
-    for key, value in body.items():
+def _check(f: ProfileFile) -> None:
+    """The rules across keys: budget <= total, threads <= cores, a GPU provider needs [gpu], and
+    [sources]: "section.key" = "public spec: ..." | "estimated: ..." | "measured: ..." for every figure
+    in SOURCED (and GPU_SOURCED with a [gpu] section)."""
+    if f.memory.budget_mb > f.memory.total_mb:
+        raise _Bad(f"memory.budget_mb = {_num(f.memory.budget_mb)} exceeds memory.total_mb = "
+                   f"{_num(f.memory.total_mb)}")
+    if f.device.threads > f.device.cores:
+        raise _Bad(f"device.threads = {f.device.threads} exceeds device.cores = {f.device.cores}")
+    if f.kernels.providers[0] in GPU_PROVIDERS and f.gpu is None:
+        raise _Bad(f"kernels.providers = {list(f.kernels.providers)!r}: {f.kernels.providers[0]} needs a "
+                   "[gpu] section")
+    sections = {"device": DeviceSection, "memory": MemorySection, "cpu": ComputeSection, "gpu": ComputeSection,
+                "kernels": KernelsSection, "network": NetworkSection}
+    known = {f"{s}.{fl.name}" for s, rec in sections.items() for fl in rec.fields()}
+    for key, value in f.sources.items():
         if key not in known:
             raise _Bad(f"unknown key sources.\"{key}\" (expected \"section.key\" of a profile figure)")
         if not isinstance(value, str) or not value.startswith(SOURCE_KINDS):
             raise _Bad(f"sources.\"{key}\" = {value!r}: expected a string starting with "
                        f"{', '.join(SOURCE_KINDS)}")
-    for key in SOURCED + (GPU_SOURCED if has_gpu else ()):
-        if key not in body:
+    for key in SOURCED + (GPU_SOURCED if f.gpu is not None else ()):
+        if key not in f.sources:
             raise _Bad(f"missing key sources.\"{key}\" (say where {key} comes from: "
                        f"{', '.join(SOURCE_KINDS)} ...)")
-    return dict(body)
 
 
 def _num(x: float) -> str:

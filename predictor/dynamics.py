@@ -1,6 +1,7 @@
-"""The linearised DGD / ATC / CTA dynamics in kernel space (DESIGN section 5): exact discrete rounds
-through ``agent.algorithms.swarm_step`` and the paper's gradient flow with Phi(t, t0) in closed form.
-Arrays in, arrays out: the kernel problem below holds everything the linear systems need.
+"""The linearised dynamics of every registered algorithm in kernel space (docs/design.md, section 5):
+exact discrete rounds through ``agent.algorithms.swarm_step`` and the paper's gradient flow with
+Phi(t, t0) in closed form, from each algorithm's ``linearised`` form. Arrays in, arrays out: the
+kernel problem below holds everything the linear systems need.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from functools import cached_property
 import numpy as np
 import scipy.linalg as sl
 
-from agent.algorithms import ALGORITHMS, swarm_step
+from agent.algorithms import ALGORITHMS, Algorithm, swarm_step
 from agent.local import batch_indices
 from coordinator_free.common.errors import UserError
 
@@ -126,6 +127,9 @@ def outputs_on_test(kp: KernelProblem, C: np.ndarray) -> np.ndarray:
 class KernelGradient:
     """grad_all for ``swarm_step`` in c-coordinates: row q = S_q (S_q^T K c_q + f0_q - y_q) / n_q.
 
+    (grad L_q(theta_0 + J^T c_q) = J^T of that row, so every gradient, and every tracker built from
+    gradients, stays in the row space of J and is carried by its c-coefficients.)
+
     With a minibatch size, S_q selects the round's batch (``agent.local.batch_indices``, the same draw
     as the real learners) and n_q is the batch size. Set ``round`` before each step.
     """
@@ -167,27 +171,29 @@ class KernelGradient:
 def discrete_rounds(kp: KernelProblem, algorithm: str, alpha: float, rounds: int, *,
                     batch: int | str = "full", seed: int = 0, keep: tuple[int, ...] = ()
                     ) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
-    """The exact linearised rounds: C(k+1) = swarm_step(algorithm, W, C(k), grad in c-coordinates, alpha).
+    """The exact linearised rounds: state(k+1) = swarm_step(algorithm, W, state(k), grad in c-coordinates, alpha).
 
-    C (N, M k) holds c_q in row q (v_q = J^T c_q), starting from C(0) = 0 (theta_q = theta_0). This is
-    v(k+1) = A v(k) + B u of DESIGN section 5 without forming A. Returns (own, test, kept): each agent's
-    outputs on its own data (rounds+1, N, m) and on the test set (rounds+1, N, T k) (see ``own_outputs``),
-    and C at the rounds listed in ``keep``.
+    The state's first array C (N, M k) holds c_q in row q (v_q = J^T c_q), starting from C(0) = 0
+    (theta_q = theta_0); other arrays (GT's tracker) are kernel coefficients too. This is
+    v(k+1) = A v(k) + B u of docs/design.md section 5 without forming A. Returns (own, test, kept): each
+    agent's outputs on its own data (rounds+1, N, m) and on the test set (rounds+1, N, T k) (see
+    ``own_outputs``), and C at the rounds listed in ``keep``.
     """
-    _check_algorithm(algorithm)
+    alg = algorithm_record(algorithm)
     grad = KernelGradient(kp, batch, seed)
-    C = np.zeros((kp.N, kp.Mk))
     own = np.empty((rounds + 1, kp.N, kp.own[0].shape[1]))
     test = np.empty((rounds + 1, kp.N, kp.K_test.shape[0]))
     kept: dict[int, np.ndarray] = {}
     with np.errstate(over="ignore", invalid="ignore"):
+        state = alg.init(np.zeros((kp.N, kp.Mk)), grad)
         for r in range(rounds + 1):
+            C = state[0]
             own[r], test[r] = own_outputs(kp, C, grad.products(C)), outputs_on_test(kp, C)
             if r in keep:
                 kept[r] = C.copy()
             if r < rounds:
                 grad.round = r
-                C = swarm_step(algorithm, kp.W, C, grad, alpha)
+                state = swarm_step(alg, kp.W, state, grad, alpha)
     return own, test, kept
 
 
@@ -196,8 +202,10 @@ class ReducedSystem:
     """z(k+1) = A z(k) + B u in reduced kernel coordinates z_q = Sigma U^T c_q, with K = U Sigma^2 U^T.
 
     R = U Sigma (M k, r) and R_inv = U Sigma^-1 map between z and c (c_q = R_inv z_q, K c_q = R z_q);
-    u = y - f0 (M k,), B (N r, M k), and the output C_out (N m, N r) gives each agent's own outputs.
-    Here every mode is one of v = J^T c: the null space of K, whose modes are marginal, is gone.
+    u = y - f0 (M k,), B (n, M k), X (N r, n) picks the theta part x = X z of the state (the identity
+    for one-message algorithms; GT's state also holds its tracking error), and the output
+    C_out (N m, n) gives each agent's own outputs. Every mode is one of v = J^T c: the null space of K,
+    whose modes are marginal, is gone, and so are modes the input can never reach (GT's invariant).
     """
 
     A: np.ndarray
@@ -206,6 +214,7 @@ class ReducedSystem:
     C_out: np.ndarray
     R: np.ndarray
     R_inv: np.ndarray
+    X: np.ndarray
 
 
 def reduced_basis(K: np.ndarray, rtol: float = RTOL) -> tuple[np.ndarray, np.ndarray]:
@@ -217,12 +226,13 @@ def reduced_basis(K: np.ndarray, rtol: float = RTOL) -> tuple[np.ndarray, np.nda
 
 
 def reduced_system(kp: KernelProblem, algorithm: str, alpha: float) -> ReducedSystem:
-    """A and B of DESIGN section 5 in reduced coordinates, with H_q = G_q^T G_q / n_q, G_q = S_q^T R.
+    """A and B of docs/design.md section 5 in reduced coordinates, with H_q = G_q^T G_q / n_q, G_q = S_q^T R.
 
-    DGD: A = W(x)I - alpha H,  ATC: A = (W(x)I)(I - alpha H),  CTA: A = (I - alpha H)(W(x)I);
-    B = alpha B0 (DGD, CTA) or alpha (W(x)I) B0 (ATC), with block row q of B0 = G_q^T S_q^T / n_q.
+    The algorithm's record gives them from W (x) I, H and B0 (block row q of B0 = G_q^T S_q^T / n_q;
+    the gradient is H x - B0 u). DGD: A = W(x)I - alpha H,  ATC: A = (W(x)I)(I - alpha H),
+    CTA: A = (I - alpha H)(W(x)I); GT: see ``agent.algorithms``.
     """
-    _check_algorithm(algorithm)
+    alg = algorithm_record(algorithm)
     R, R_inv = kp.basis
     idx, valid, _ = kp.own
     N, r = kp.N, R.shape[1]
@@ -233,11 +243,9 @@ def reduced_system(kp: KernelProblem, algorithm: str, alpha: float) -> ReducedSy
     for q in range(N):
         B0[q][:, idx[q]] = G[q].T / n[q]   # padding lands in the extra last column
     B0 = B0[:, :, :-1].reshape(N * r, kp.Mk)
-    Wx = np.kron(kp.W, np.eye(r))
-    I = np.eye(N * r)
-    A = {"dgd": Wx - alpha * H, "atc": Wx @ (I - alpha * H), "cta": (I - alpha * H) @ Wx}[algorithm]
-    B = alpha * (Wx @ B0 if algorithm == "atc" else B0)
-    return ReducedSystem(A=A, B=B, u=-kp.residual0, C_out=sl.block_diag(*G), R=R, R_inv=R_inv)
+    form = alg.linearised(kp.W, H, B0, alpha)
+    return ReducedSystem(A=form.A, B=form.B, u=-kp.residual0, C_out=sl.block_diag(*G) @ form.X, R=R, R_inv=R_inv,
+                         X=form.X)
 
 
 def eigen_factors(A: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -266,10 +274,11 @@ class Flow:
     """
 
     def __init__(self, kp: KernelProblem, algorithm: str, alpha: float) -> None:
-        R, _ = kp.basis
-        if kp.N * R.shape[1] > MAX_FLOW_STATES:
-            raise UserError(f"--flow: the reduced system has N * rank(K) = {kp.N} * {R.shape[1]} states, more "
-                            f"than {MAX_FLOW_STATES} for the dense closed form; use the discrete forecast")
+        n = reduced_states(kp, algorithm)
+        if n > MAX_FLOW_STATES:
+            raise UserError(f"--flow: the reduced system has about {n} states (N = {kp.N}, rank(K) = "
+                            f"{kp.basis[0].shape[1]}), more than {MAX_FLOW_STATES} for the dense closed form; "
+                            "use the discrete forecast")
         self.kp, self.system = kp, reduced_system(kp, algorithm, alpha)
         self.n = self.system.A.shape[0]
 
@@ -308,10 +317,17 @@ class Flow:
 
     def coefficients(self, t, t0: float = 0.0) -> np.ndarray:
         """C(t) (len(t), N, M k): row q is c_q(t) = R_inv z_q(t), so that v_q(t) = J^T c_q(t)."""
-        z = self.state(t, t0).reshape(-1, self.kp.N, self.system.R.shape[1])
-        return z @ self.system.R_inv.T
+        x = self.state(t, t0) @ self.system.X.T
+        return x.reshape(-1, self.kp.N, self.system.R.shape[1]) @ self.system.R_inv.T
 
 
-def _check_algorithm(algorithm: str) -> None:
+def algorithm_record(algorithm: str) -> Algorithm:
+    """The registered algorithm called ``algorithm`` (UserError naming the known ones otherwise)."""
     if algorithm not in ALGORITHMS:
         raise UserError(f"train.algorithm = {algorithm!r}: expected one of {', '.join(ALGORITHMS)}")
+    return ALGORITHMS[algorithm]
+
+
+def reduced_states(kp: KernelProblem, algorithm: str) -> int:
+    """About how many states the reduced system of ``algorithm`` has: N rank(K) per message array."""
+    return kp.N * kp.basis[0].shape[1] * len(algorithm_record(algorithm).messages)

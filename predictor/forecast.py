@@ -84,34 +84,34 @@ def forecast(swarm: Swarm, mode: str = "discrete", *, kp: KernelProblem | None =
     """
     if mode not in MODES:
         raise UserError(f"mode = {mode!r}: expected one of {', '.join(MODES)}")
-    train = swarm.spec["train"]
-    alg, alpha, rounds = train["algorithm"], float(train["lr"]), int(train["rounds"])
-    if mode == "flow" and train["batch"] != "full":
-        raise UserError(f"train.batch = {train['batch']!r}: the gradient flow needs full batches; "
+    train = swarm.spec.train
+    alg, alpha, rounds = train.algorithm, float(train.lr), int(train.rounds)
+    if mode == "flow" and train.batch != "full":
+        raise UserError(f"train.batch = {train.batch!r}: the gradient flow needs full batches; "
                         "use the discrete forecast or train.batch = \"full\"")
-    kernel_dtype = np.dtype(kernel_dtype or train["dtype"]).name if kp is None else "precomputed"
+    kernel_dtype = np.dtype(kernel_dtype or train.dtype).name if kp is None else "precomputed"
     t0 = time.perf_counter()
     if kp is None:
         kp = kernel_problem(swarm, max_bytes, kernel_dtype)
     t1 = time.perf_counter()
     if mode == "discrete":
-        own, test, kept_c = discrete_rounds(kp, alg, alpha, rounds, batch=train["batch"],
-                                            seed=swarm.spec["data"]["seed"], keep=keep)
+        own, test, kept_c = discrete_rounds(kp, alg, alpha, rounds, batch=train.batch,
+                                            seed=swarm.spec.data.seed, keep=keep)
     else:
         C = Flow(kp, alg, alpha).coefficients(np.arange(rounds + 1.0))
         own, test = own_outputs(kp, C), outputs_on_test(kp, C)
         kept_c = {r: C[r] for r in keep if 0 <= r <= rounds}
     curves = loss_curves(kp, own, test)
     t2 = time.perf_counter()
-    lr_max = lr_max_all(kp)
+    lr_max = lr_max_all(kp, include=(alg,))
     t3 = time.perf_counter()
     kept = {r: parameters(swarm.cfg, swarm.theta0, swarm.problem.X_train, c) for r, c in kept_c.items()}
     finite = np.isfinite(np.asarray(curves["train_loss"])).all(axis=0) & (np.abs(own).max(axis=(1, 2)) < 1e150)
     results = {"kind": "predict", "mode": mode, "kernel_dtype": kernel_dtype,
-               "spec": swarm.spec, **curves,
+               "spec": swarm.spec.to_dict(), **curves,
                "final_test_accuracy": [a[-1] for a in curves["test_accuracy"]],
                "diverged_at_round": None if finite.all() else int(np.argmin(finite)),
-               "lr_max": lr_max, "lr_max_exact": lr_max_exact(kp.W), "stable": bool(alpha < lr_max[alg]),
+               "lr_max": lr_max, "lr_max_exact": lr_max_exact(kp.W), "stable": None if lr_max[alg] is None else bool(alpha < lr_max[alg]),
                "n_params": swarm.cfg.num_params, "model_hash": swarm.cfg.hash(),
                "timings": {"kernel_s": t1 - t0, "dynamics_s": t2 - t1, "lr_max_s": t3 - t2,
                            "total_s": t3 - t0}}

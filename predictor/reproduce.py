@@ -10,14 +10,15 @@ from typing import Callable
 
 import numpy as np
 
+from agent.algorithms import ALGORITHMS
 from agent.simulator import simulate
 from agent.swarm import Swarm
 from coordinator_free.common.files import write_json
-from coordinator_free.spec import resolve
+from agent.spec import resolve
 from predictor.compare import compare_results, plot_comparison, pyplot, trajectory_error
 from predictor.forecast import forecast, kernel_problem
 
-ALGS = ("dgd", "atc", "cta")
+ALGS = tuple(ALGORITHMS)  # every registered algorithm gets its Figure 1 and Figure 2
 TOPOLOGIES = ("cycle", "star", "complete")
 WIDTHS = (256, 512, 1024, 2048, 4096, 8192)
 SWEEP_SEEDS = (0, 1, 2)  # theta_0 draws per width: the error of one draw fluctuates
@@ -38,9 +39,9 @@ def run_panel(spec: dict) -> tuple[dict, dict, dict]:
     pred, _ = forecast(swarm)
     sim = simulate(swarm)
     errors = compare_results(pred, sim)
-    summary = {"kind": spec["model"]["kind"], "width": spec["model"]["width"],
-               "topology": spec["network"]["topology"], "algorithm": spec["train"]["algorithm"],
-               "lr": spec["train"]["lr"], "rounds": spec["train"]["rounds"], **errors,
+    summary = {"kind": spec.model.kind, "width": spec.model.width,
+               "topology": spec.network.topology, "algorithm": spec.train.algorithm,
+               "lr": spec.train.lr, "rounds": spec.train.rounds, **errors,
                "lr_max": pred["lr_max"], "predict_s": pred["timings"]["total_s"],
                "simulate_s": sim["timings"]["total_s"]}
     return pred, sim, summary
@@ -54,7 +55,7 @@ def flow_vs_discrete(lrs_over_max=(0.01, 0.1, 0.5, 0.9, 1.1), lr_small: float = 
     edge = disc["lr_max"]["dgd"]
     rows = []
     for lr in [lr_small] + [f * edge for f in lrs_over_max]:
-        swarm.spec["train"]["lr"] = float(lr)
+        swarm.spec = swarm.spec.updated({"train.lr": float(lr)})
         d, _ = forecast(swarm, kp=kp)
         f, _ = forecast(swarm, "flow", kp=kp)
         rows.append({"lr": float(lr), "lr_over_lr_max": float(lr / edge),

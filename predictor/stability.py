@@ -1,6 +1,6 @@
-"""Stability of the linearised DGD / ATC / CTA dynamics (DESIGN section 5): W doubly stochastic?,
-Proposition 1 (minimality and the largest real eigenvalue of the reduced A - I), the discrete spectral
-radius, and lr_max, the largest stable learning rate of each algorithm.
+"""Stability of the linearised dynamics of every registered algorithm (docs/design.md, section 5):
+W doubly stochastic?, Proposition 1 (minimality and the largest real eigenvalue of the reduced A - I),
+the discrete spectral radius, and lr_max, the largest stable learning rate, by each algorithm's rule.
 """
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from scipy.sparse.linalg import eigsh
 
 from agent.algorithms import ALGORITHMS
 from coordinator_free.topology import check_mixing
-from predictor.dynamics import MAX_FLOW_STATES, KernelProblem, ReducedSystem, eigen_factors, reduced_system
+from predictor.dynamics import (MAX_FLOW_STATES, KernelProblem, ReducedSystem, algorithm_record, eigen_factors,
+                                reduced_states, reduced_system)
 
+MAX_SEARCH_STATES = 1500  # a dense lr_max search (~30 eigenvalue problems) above this many states: skipped
 DENSE_EIGH = 800  # above this size the top eigenvalue comes from Lanczos (eigsh), not a full eigvalsh
 
 
@@ -45,8 +47,12 @@ def spectral_radius(system: ReducedSystem) -> float:
     return float(np.abs(sl.eigvals(A, check_finite=False)).max())
 
 
-def lr_max(kp: KernelProblem, algorithm: str, verify: bool = False) -> float:
+def lr_max(kp: KernelProblem, algorithm: str, verify: bool = False) -> float | None:
     """The largest learning rate alpha for which the discrete rounds are stable (rho(A) < 1).
+
+    The algorithm's record says how (``agent.algorithms.ClosedFormLrMax``, or None: a search on the
+    dense reachable system, exact, None when that system has more than MAX_SEARCH_STATES states).
+    The closed forms:
 
     With H = G^T G (G = blkdiag(S_q^T R / sqrt(n_q)), K = R R^T) and a symmetric W with W + I > 0:
     DGD: A = W(x)I - alpha H is symmetric, its largest eigenvalue stays below 1 for every alpha > 0 and
@@ -58,28 +64,26 @@ def lr_max(kp: KernelProblem, algorithm: str, verify: bool = False) -> float:
     pair can leave the unit disc first, so the closed form is an upper bound, and ``verify`` finds the
     edge with dense eigenvalues of the reduced A (also used for a non-symmetric W).
     """
+    rule = algorithm_record(algorithm).lr_max
     W = np.asarray(kp.W, dtype=float)
+    if rule is None:
+        return _verified(kp, algorithm, float("inf")) if reduced_states(kp, algorithm) <= MAX_SEARCH_STATES else None
     if not np.allclose(W, W.T, rtol=0, atol=1e-12):
         return _verified(kp, algorithm, float("inf"))
-    lam_w = np.linalg.eigvalsh(W)
-    if lam_w[0] <= -1 + 1e-12:
+    if np.linalg.eigvalsh(W)[0] <= -1 + 1e-12:
         return 0.0  # W has the eigenvalue -1: the mixing alone does not contract
-    inv = np.linalg.inv(W + np.eye(W.shape[0]))
-    top = _top_eig(_agent_weighted_kernel(kp, inv if algorithm == "dgd" else inv @ W))
+    top = _top_eig(_agent_weighted_kernel(kp, rule.weights(W)))
     candidate = 1.0 / top if top > 0 else float("inf")
-    if algorithm == "dgd":
-        return candidate
-    candidate = max(candidate, 2.0 / _top_local(kp))
-    if verify and lam_w[0] < -1e-12:
+    if rule.local_floor:
+        candidate = max(candidate, 2.0 / _top_local(kp))
+    if verify and not rule.exact(W):
         return _verified(kp, algorithm, candidate)
     return candidate
 
 
 def lr_max_exact(W: np.ndarray) -> dict[str, bool]:
     """Whether ``lr_max(..., verify=False)`` is exact for each algorithm, or only an upper bound."""
-    symmetric = np.allclose(W, W.T, rtol=0, atol=1e-12)
-    psd = symmetric and np.linalg.eigvalsh(W)[0] >= -1e-12
-    return {"dgd": bool(symmetric), "atc": bool(psd), "cta": bool(psd)}
+    return {name: True if alg.lr_max is None else bool(alg.lr_max.exact(W)) for name, alg in ALGORITHMS.items()}
 
 
 def _top_local(kp: KernelProblem) -> float:
@@ -98,7 +102,8 @@ def _verified(kp: KernelProblem, algorithm: str, upper: float, rel: float = 1e-6
     def unstable(alpha: float) -> bool:
         return spectral_radius(reduced_system(kp, algorithm, alpha)) >= 1
 
-    lo = 0.0 if algorithm == "dgd" else 2.0 / _top_local(kp)
+    rule = algorithm_record(algorithm).lr_max
+    lo = 2.0 / _top_local(kp) if rule is not None and rule.local_floor else 0.0
     hi = upper * (1 - rel) if np.isfinite(upper) else 4 * max(lo, 1.0 / _top_local(kp))
     points = np.linspace(lo, hi, grid + 1)[1:]
     first = next((i for i, a in enumerate(points) if unstable(a)), None)
@@ -118,10 +123,19 @@ def _verified(kp: KernelProblem, algorithm: str, upper: float, rel: float = 1e-6
     return lo
 
 
-def lr_max_all(kp: KernelProblem, verify: bool = False) -> dict[str, float]:
-    """{"dgd": ..., "atc": ..., "cta": ...}; ATC and CTA share one value (their A's are similar)."""
-    out = {"dgd": lr_max(kp, "dgd", verify)}
-    out["atc"] = out["cta"] = lr_max(kp, "atc", verify)
+def lr_max_all(kp: KernelProblem, verify: bool = False, include: tuple[str, ...] = ()) -> dict[str, float | None]:
+    """lr_max of every registered algorithm. Algorithms that share a closed-form rule share one value
+    (ATC and CTA: their A's are similar). Dense searches run only with ``verify`` or if named in
+    ``include``; otherwise their entry is absent."""
+    out: dict[str, float | None] = {}
+    by_rule: dict[int, float] = {}
+    for name, alg in ALGORITHMS.items():
+        if alg.lr_max is None and not (verify or name in include):
+            continue
+        key = id(alg.lr_max) if alg.lr_max is not None else id(name)
+        if key not in by_rule:
+            by_rule[key] = lr_max(kp, name, verify)
+        out[name] = by_rule[key]
     return out
 
 
@@ -160,14 +174,14 @@ def stability_report(kp: KernelProblem, algorithm: str, alpha: float) -> dict:
     ``algorithm``. The dense parts are skipped (None) when the reduced system has more than
     MAX_FLOW_STATES states; lr_max is then the unverified closed form.
     """
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {algorithm!r}")
+    algorithm_record(algorithm)
     report: dict = {"algorithm": algorithm, "lr": alpha, "doubly_stochastic": doubly_stochastic(kp.W)}
-    system = reduced_system(kp, algorithm, alpha) if _dense_ok(kp) else None
+    system = reduced_system(kp, algorithm, alpha) if reduced_states(kp, algorithm) <= MAX_FLOW_STATES else None
     if system is None:
         report.update(minimal=None, max_real_eig=None, spectral_radius=None, lr_max=lr_max_all(kp),
                       lr_max_exact=lr_max_exact(kp.W))
-        report["stable"] = bool(alpha < report["lr_max"][algorithm])
+        edge = report["lr_max"].get(algorithm)
+        report["stable"] = None if edge is None else bool(alpha < edge)
         report["note"] = f"reduced system larger than {MAX_FLOW_STATES} states: dense checks skipped"
         return report
     factors = eigen_factors(system.A)
@@ -177,7 +191,3 @@ def stability_report(kp: KernelProblem, algorithm: str, alpha: float) -> dict:
                   lr_max=lr_max_all(kp, verify=True))
     report["stable"] = bool(report["spectral_radius"] < 1)
     return report
-
-
-def _dense_ok(kp: KernelProblem) -> bool:
-    return kp.N * kp.basis[0].shape[1] <= MAX_FLOW_STATES

@@ -8,13 +8,13 @@ file instead of a spec, the board tunes on its own data alone (predictor.local_f
 """
 from __future__ import annotations
 
-import copy
 import time
 from typing import Callable
 
 import numpy as np
 
 from agent.device import device_profile, workload
+from agent.spec import Spec
 from agent.swarm import Swarm
 from firmware_profiles.apply import estimate_round_time
 from coordinator_free.common.errors import UserError
@@ -57,12 +57,11 @@ def parse_grid(text: str | None) -> dict[str, list]:
     return out
 
 
-def rounds_for_budget(spec: dict, cfg, n_local: int, degree: int, budget_seconds: float,
+def rounds_for_budget(spec: Spec, cfg, n_local: int, degree: int, budget_seconds: float,
                       profile_name: str) -> tuple[int, float]:
     """(rounds that fit in ``budget_seconds`` on the profile, seconds per round) for the busiest agent."""
-    profile = device_profile(profile_name, spec.get("device", {}))
-    per_round = estimate_round_time(profile, algorithm=spec["train"]["algorithm"],
-                                    **workload(cfg, spec, n_local, degree))["total_s"]
+    profile = device_profile(profile_name, spec.device)
+    per_round = estimate_round_time(profile, **workload(cfg, spec, n_local, degree))["total_s"]
     return max(int(budget_seconds // per_round), 1), per_round
 
 
@@ -72,7 +71,7 @@ def _objective(curves: dict, objective: str, q: int | None) -> np.ndarray:
     return L[q] if q is not None else L.mean(axis=0)
 
 
-def tune(spec: dict, *, budget_rounds: int | None = None, budget_seconds: float | None = None,
+def tune(spec: Spec, *, budget_rounds: int | None = None, budget_seconds: float | None = None,
          grid: dict | None = None, objective: str = "train", profile: str | None = None,
          pick_rounds: bool = False, node=None, progress: Callable[[int, int], None] | None = None) -> dict:
     """Forecast every candidate; return the choice and the whole table.
@@ -89,12 +88,11 @@ def tune(spec: dict, *, budget_rounds: int | None = None, budget_seconds: float 
         raise UserError("--budget-seconds needs a device profile (--profile NAME or device.profiles in the spec)")
     grid = grid or {}
     t0 = time.perf_counter()
-    widths = grid.get("width") or [spec["model"]["width"]]
+    widths = grid.get("width") or [spec.model.width]
     table, n_done = [], 0
     total = len(widths) * max(len(grid.get("lr") or [None] * GRID_POINTS), 1)
     for width in widths:
-        s = copy.deepcopy(spec)
-        s["model"]["width"] = int(width)
+        s = spec.updated({"model.width": int(width)})
         run = LocalRunner(s, node) if node is not None else SwarmRunner(Swarm.from_spec(s))
         per_round = None
         if budget_seconds is not None:
@@ -103,7 +101,10 @@ def tune(spec: dict, *, budget_rounds: int | None = None, budget_seconds: float 
             R = int(budget_rounds)
         rounds_options = sorted({min(int(r), R) for r in grid.get("rounds", [])}) or [R]
         lr_max = run.lr_max
-        alg = s["train"]["algorithm"]
+        alg = s.train.algorithm
+        if lr_max.get(alg) is None:
+            raise UserError(f"lr_max of {alg} needs a dense search of a system too large here; give the "
+                            "candidates with --grid lr=...")
         candidates = list(grid.get("lr", [])) or lr_grid(lr_max[alg])
         for lr in candidates:
             n_done += 1
@@ -124,8 +125,7 @@ def tune(spec: dict, *, budget_rounds: int | None = None, budget_seconds: float 
     if not stable:
         raise UserError("no stable candidate: every lr in the grid is at or above lr_max; lower the grid's lr values")
     best = min(stable, key=lambda r: (r["loss"], r["rounds"]))
-    tuned = copy.deepcopy(spec)
-    tuned["model"]["width"], tuned["train"]["lr"], tuned["train"]["rounds"] = best["width"], best["lr"], best["rounds"]
+    tuned = spec.updated({"model.width": best["width"], "train.lr": best["lr"], "train.rounds": best["rounds"]})
     return {"kind": "tune", "lr": best["lr"], "width": best["width"], "rounds": best["rounds"],
             "objective": f"{'agent ' + str(node.id) if node is not None else 'mean over agents'} final "
                          f"{objective} loss", "predicted_loss": best["loss"], "lr_max": best["lr_max"],
@@ -139,33 +139,33 @@ class SwarmRunner:
 
     def __init__(self, swarm: Swarm) -> None:
         self.swarm, self.kp, self.cfg = swarm, kernel_problem(swarm), swarm.cfg
-        self.lr_max = lr_max_all(self.kp)
+        self.lr_max = lr_max_all(self.kp, include=(swarm.spec.train.algorithm,))
         self.n_local = int(np.bincount(swarm.problem.agent_of_sample).max())
         self.degree = max(d for _, d in swarm.graph.degree())
 
     def __call__(self, algorithm: str, lr: float, rounds: int, objective: str) -> np.ndarray:
-        train = self.swarm.spec["train"]
-        own, test, _ = discrete_rounds(self.kp, algorithm, lr, rounds, batch=train["batch"],
-                                       seed=self.swarm.spec["data"]["seed"])
+        train = self.swarm.spec.train
+        own, test, _ = discrete_rounds(self.kp, algorithm, lr, rounds, batch=train.batch,
+                                       seed=self.swarm.spec.data.seed)
         return _objective(loss_curves(self.kp, own, test), objective, None)
 
 
 class LocalRunner:
     """On-device forecasts for node q from its own files only: its replica swarm's kernel is computed once."""
 
-    def __init__(self, spec: dict, node) -> None:
+    def __init__(self, spec: Spec, node) -> None:
         from agent.local import model_config
         from agent.model import init_params
         from agent.node import load_local_data
         from coordinator_free.topology import swarm_mixing
-        classes = spec["data"]["classes"]
+        classes = spec.data.classes
         X, Y = load_local_data(node.data, classes)
         X_test, Y_test = load_local_data(node.test, classes, "test") if node.test else (None, None)
-        self.cfg = model_config(spec["model"], X.shape[1], Y.shape[1])
-        W = swarm_mixing(spec["network"])[1]
+        self.cfg = model_config(spec.model, X.shape[1], Y.shape[1])
+        W = swarm_mixing(spec.network)[1]
         self.n_local, self.degree = len(X), len(node.peers)
         self.lf = LocalForecaster(self.cfg, init_params(self.cfg, np.float64), X, Y, W, node.id, X_test, Y_test)
-        self.lr_max = lr_max_all(self.lf.kernel_problem())
+        self.lr_max = lr_max_all(self.lf.kernel_problem(), include=(spec.train.algorithm,))
 
     def __call__(self, algorithm: str, lr: float, rounds: int, objective: str) -> np.ndarray:
         f = self.lf.forecast(algorithm, lr, rounds)

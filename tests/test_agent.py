@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import zmq
 
-from agent.deploy import loopback_addresses, write_node_files
+from agent.loopback import loopback_addresses, write_node_files
 from agent.local import model_config
 from agent.model import init_params
 from agent.swarm import Swarm
-from coordinator_free.spec import load_spec, spec_hash
+from agent.spec import load_spec, spec_hash
 from coordinator_free.transport import Transport
 from coordinator_free.wire import encode
 from predictor.cli import main
@@ -28,7 +28,7 @@ def test_agent_drops_malformed_messages_and_finishes(tmp_path):
     node0 = write_node_files(swarm, tmp_path, addrs, round_deadline=10)[0]
     agent = subprocess.Popen([sys.executable, "-m", "agent", str(node0), "-v"],
                              stderr=open(tmp_path / "agent0.stderr", "w"))
-    cfg = model_config(spec["model"], 64, 1)
+    cfg = model_config(spec.model, 64, 1)
     theta = init_params(cfg, np.float64)
     good = {"type": "params", "sender": 1, "algorithm": "dgd", "model_hash": cfg.hash()}
     ctx = zmq.Context()
@@ -102,7 +102,7 @@ def test_sixteen_agents_on_erdos_renyi_finish_and_leave_no_process(tmp_path):
 def test_zeroconf_discovery_builds_the_peer_table(tmp_path):
     """Three agents with no static peers find each other over mDNS (on 127.0.0.1) and train."""
     pytest.importorskip("zeroconf")
-    from coordinator_free.loopback import Job, launch
+    from coordinator_free.launcher import Job, launch
     spec = load_spec(None, ["network.agents=3", "network.topology=path", "model.width=16", "train.rounds=3",
                             "data.samples_per_agent=10", "data.test_samples=10", "train.dtype=float64"])
     swarm = Swarm.from_spec(spec)

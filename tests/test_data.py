@@ -3,13 +3,13 @@ import numpy as np
 import pytest
 
 from agent.data import load_npz_arrays, make_problem, split_indices, targets
-from coordinator_free.spec import load_spec
+from agent.spec import load_spec
 from coordinator_free.common.errors import UserError
 
 
 def _data(**kw):
     spec = load_spec(None, [f"data.{k}={v}" for k, v in kw.items()])
-    return spec["data"]
+    return spec.data
 
 
 def test_targets_pm1_and_onehot():

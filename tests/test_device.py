@@ -4,9 +4,9 @@ import subprocess
 import sys
 
 
-from agent.deploy import loopback_addresses, write_node_files
+from agent.loopback import loopback_addresses, write_node_files
 from agent.swarm import Swarm
-from coordinator_free.spec import load_spec
+from agent.spec import load_spec
 from predictor.cli import main
 
 

@@ -6,26 +6,21 @@ import json
 import numpy as np
 import pytest
 import scipy.linalg as sl
-import torch
 from scipy.integrate import solve_ivp
-from threadpoolctl import threadpool_limits
+
+torch = pytest.importorskip("torch")
 from torch.func import jacrev
 
 from agent.simulator import simulate
 from agent.swarm import Swarm
-from coordinator_free.spec import load_spec
+from agent.spec import load_spec
 from predictor.cli import main
 from predictor.compare import compare_results, trajectory_error
 from predictor.dynamics import Flow, discrete_rounds, own_outputs, reduced_system
 from predictor.forecast import forecast, kernel_problem
 from tests.torch_reference import mlp
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    """One BLAS thread: on a shared 2-core machine, threaded BLAS stalls when another process runs."""
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 SMALL = ["data.samples_per_agent=10", "data.test_samples=20", "network.agents=4", "train.rounds=25",
          "train.dtype=\"float64\""]
@@ -35,7 +30,8 @@ def parameter_space_linearisation(problem_path: str, spec: dict) -> dict:
     """DESIGN section 5 in parameter space, round by round, from the problem file alone (torch, float64).
 
     v_q = theta_q - theta_0; f = f0 + J v; H_q = J_q^T J_q / n_q, b_q = J_q^T (f0_q - y_q) / n_q:
-    DGD v+ = W v - a (H v + b);  ATC v+ = W (v - a (H v + b));  CTA p = W v, v+ = p - a (H p + b).
+    DGD v+ = W v - a (H v + b);  ATC v+ = W (v - a (H v + b));  CTA p = W v, v+ = p - a (H p + b);
+    GT v+ = W v - a y, y+ = W y + (H v+ + b) - (H v + b), y(0) = H v(0) + b.
     """
     z = np.load(problem_path)
     X, Xt = torch.tensor(z["X_train"]), torch.tensor(z["X_test"])
@@ -52,16 +48,21 @@ def parameter_space_linearisation(problem_path: str, spec: dict) -> dict:
     def grad(V):  # row q: H_q v_q + b_q
         return torch.stack([Jq[q].T @ (Jq[q] @ V[q] + rq[q]) / len(rows[q]) for q in range(N)])
 
-    alg, a = spec["train"]["algorithm"], spec["train"]["lr"]
+    alg, a, rounds = spec["train"]["algorithm"], spec["train"]["lr"], spec["train"]["rounds"]
     V = torch.zeros(N, P, dtype=torch.float64)
+    Y_track = grad(V)  # GT: y_q(0) = grad L_q(theta_0), then y+ = W y + grad(v+) - grad(v)
     out = {"train_loss": [[] for _ in range(N)], "test_loss": [[] for _ in range(N)]}
-    for step in range(spec["train"]["rounds"] + 1):
+    for step in range(rounds + 1):
         for q in range(N):
             out["train_loss"][q].append(float(((Jq[q] @ V[q] + rq[q]) ** 2).sum()) / (2 * len(rows[q])))
             out["test_loss"][q].append(float(((f0t + Jt @ V[q] - Yt.reshape(-1)) ** 2).sum()) / (2 * len(Yt)))
-        if step == spec["train"]["rounds"]:
+        if step == rounds:
             break
-        if alg == "dgd":
+        if alg == "gt":
+            V_next = W @ V - a * Y_track
+            Y_track = W @ Y_track + grad(V_next) - grad(V)
+            V = V_next
+        elif alg == "dgd":
             V = W @ V - a * grad(V)
         elif alg == "atc":
             V = W @ (V - a * grad(V))
@@ -72,7 +73,7 @@ def parameter_space_linearisation(problem_path: str, spec: dict) -> dict:
     return out
 
 
-@pytest.mark.parametrize("alg", ["dgd", "atc", "cta"])
+@pytest.mark.parametrize("alg", ["dgd", "atc", "cta", "gt"])
 @pytest.mark.parametrize("model", [
     ["model.width=48", "model.depth=2", "model.activation=tanh", "data.classes=[0, 1, 2]", "train.lr=0.4"],
     ["model.width=64", "model.depth=1", "model.activation=relu", "train.lr=0.8", "network.topology=star"],
@@ -99,7 +100,7 @@ def test_affine_forecast_equals_training_at_any_stable_rate(alg):
     kp = kernel_problem(swarm)
     edge = forecast(swarm, kp=kp)[0]["lr_max"][alg]
     for fraction in (0.01, 0.3, 0.7, 0.96):
-        swarm.spec["train"]["lr"] = fraction * edge
+        swarm.spec = swarm.spec.updated({"train.lr": fraction * edge})
         pred, actual = forecast(swarm, kp=kp)[0], simulate(swarm)
         assert compare_results(pred, actual)["max"] <= 1e-9, fraction
 

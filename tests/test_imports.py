@@ -1,12 +1,175 @@
-"""The board runtime must never import torch (DESIGN section 2)."""
+"""Layering (DESIGN section 2): the board runtime never imports torch, and the packages import downwards only.
+
+Layers, lowest first: coordinator_free (its common/ is the base of everything) -> firmware_profiles -> agent
+-> predictor; benchmarks/ is a dev-only layer above predictor that nothing in the packages may import.
+The import graph is read from the source (ast), so it also sees lazy imports inside functions, relative
+imports, ``importlib.import_module("x")`` / ``import_module("x")`` / ``__import__("x")`` with a literal
+name, and "package.module:function" strings (entry-point style, resolved with importlib at run time).
+"""
+from __future__ import annotations
+
+import ast
+import re
 import subprocess
 import sys
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ["coordinator_free", "firmware_profiles", "agent", "predictor", "benchmarks"]  # lowest first
+PACKAGES = LAYERS[:4]  # the installed packages, whose imports are checked
+COMMON = "coordinator_free.common"
+IMPORT_CALLS = {"import_module", "__import__"}
+ENTRY_POINT = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 
-@pytest.mark.parametrize("module", ["agent", "coordinator_free", "firmware_profiles", "agent.simulator",
-                                    "agent.kernels", "coordinator_free.topology", "coordinator_free.spec",
+
+class Import(NamedTuple):
+    importer: str  # dotted module name of the importing file
+    path: Path
+    line: int
+    target: str  # absolute dotted name: a module, or "pkg.name" when ``from pkg import name`` names a submodule
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.importer} imports {self.target}"
+
+
+def module_files(root: Path, packages=PACKAGES) -> dict[str, Path]:
+    """Dotted module name -> file, for every .py file of ``packages`` under ``root``."""
+    found = {}
+    for pkg in packages:
+        for path in sorted((root / pkg).rglob("*.py")):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join(parts)] = path
+    return found
+
+
+def _absolute(name: str, level: int, module: str, is_package: bool) -> str | None:
+    """The absolute name of a relative import (None if it climbs above the top package)."""
+    if not level:
+        return name
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    if level - 1 >= len(base):
+        return None
+    base = base[:len(base) - (level - 1)]
+    return ".".join(base + ([name] if name else []))
+
+
+def _call_name(func: ast.expr) -> str | None:
+    return func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+
+
+def collect_imports(root: Path, packages=PACKAGES) -> list[Import]:
+    """Every import of every module of ``packages``, as absolute dotted targets."""
+    files = module_files(root, packages)
+    found = []
+    for module, path in files.items():
+        is_package = path.name == "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            targets: list[str | None] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = _absolute(node.module or "", node.level, module, is_package)
+                if base is not None:  # ``from pkg import name``: an edge to pkg.name when that is a module
+                    subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in files]
+                    targets = subs + ([base] if len(subs) < len(node.names) and base else [])
+            elif (isinstance(node, ast.Call) and _call_name(node.func) in IMPORT_CALLS and node.args
+                  and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+                name = node.args[0].value
+                dots = len(name) - len(name.lstrip("."))
+                targets = [_absolute(name[dots:], dots, module, is_package)]
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                match = ENTRY_POINT.fullmatch(node.value.strip())
+                if match and match.group(1).split(".")[0] in LAYERS:
+                    targets = [match.group(1)]
+            rel = path.relative_to(root)
+            found += [Import(module, rel, node.lineno, t) for t in targets if t]
+    return found
+
+
+def layer_violations(root: Path) -> list[Import]:
+    """Imports of a higher layer (benchmarks included) from a lower one."""
+    bad = []
+    for imp in collect_imports(root):
+        top = imp.target.split(".")[0]
+        if top in LAYERS and LAYERS.index(top) > LAYERS.index(imp.importer.split(".")[0]):
+            bad.append(imp)
+    return bad
+
+
+def common_violations(root: Path) -> list[Import]:
+    """Imports of the rest of coordinator_free (its __init__ included) from coordinator_free/common."""
+    def in_common(name: str) -> bool:
+        return name == COMMON or name.startswith(COMMON + ".")
+    return [imp for imp in collect_imports(root) if in_common(imp.importer)
+            and imp.target.split(".")[0] == "coordinator_free" and not in_common(imp.target)]
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """Module -> the modules of the packages it imports (a target that is not a module: its longest module prefix)."""
+    files = module_files(root)
+    graph: dict[str, set[str]] = {m: set() for m in files}
+    for imp in collect_imports(root):
+        parts = imp.target.split(".")
+        for n in range(len(parts), 0, -1):
+            target = ".".join(parts[:n])
+            if target in files:
+                if target != imp.importer:
+                    graph[imp.importer].add(target)
+                break
+    return graph
+
+
+def import_cycles(root: Path) -> list[list[str]]:
+    """One cycle [a, b, ..., a] for each strongly connected component of the import graph with 2+ modules."""
+    graph = import_graph(root)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    components = []
+
+    def visit(v: str) -> None:  # Tarjan; the graph has ~100 modules, so recursion is fine
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                components.append(set(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    cycles = []
+    for component in components:  # a shortest way round from the component's first module
+        start = min(component)
+        paths, frontier = {start: [start]}, [start]
+        while start not in graph[frontier[0]]:
+            v = frontier.pop(0)
+            for w in sorted(graph[v] & component):
+                if w not in paths:
+                    paths[w] = paths[v] + [w]
+                    frontier.append(w)
+        cycles.append(paths[frontier[0]] + [start])
+    return cycles
+
+
+@pytest.mark.parametrize("module", ["agent", "coordinator_free", "coordinator_free.common", "firmware_profiles",
+                                    "agent.simulator", "agent.kernels", "coordinator_free.topology", "agent.spec",
                                     "predictor.cli"])
 def test_runtime_does_not_import_torch(module):
     code = f"import sys, importlib; importlib.import_module({module!r}); print('torch' in sys.modules)"
@@ -15,16 +178,50 @@ def test_runtime_does_not_import_torch(module):
 
 
 def test_lower_layers_never_import_higher_ones():
-    import ast
-    import pathlib
-    order = ["coordinator_free", "firmware_profiles", "agent", "predictor"]
-    root = pathlib.Path(__file__).resolve().parents[1]
-    for level, pkg in enumerate(order):
-        for path in (root / pkg).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text())):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-                for name in names:
-                    top = name.split(".")[0]
-                    if top in order:
-                        assert order.index(top) <= level, f"{path} imports {name}"
+    bad = layer_violations(ROOT)
+    assert not bad, "upward imports (layers, lowest first: " + " -> ".join(LAYERS) + "):\n" + \
+        "\n".join(map(str, bad))
+
+
+def test_coordinator_free_common_imports_nothing_else_of_coordinator_free():
+    bad = common_violations(ROOT)
+    assert not bad, f"{COMMON} is the common base; it imports the rest of coordinator_free:\n" + \
+        "\n".join(map(str, bad))
+
+
+def test_module_import_graph_has_no_cycles():
+    cycles = import_cycles(ROOT)
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_checks_see_every_kind_of_import(tmp_path):
+    """The checks on a planted tree: each kind of import is found, and a clean tree passes."""
+    files = {
+        "coordinator_free/__init__.py": "",
+        "coordinator_free/common/__init__.py": "",
+        "coordinator_free/common/errors.py": "from .. import wire\n",  # common -> rest of coordinator_free
+        "coordinator_free/wire.py": "import importlib\n\ndef f():\n    return importlib.import_module('agent.x')\n",
+        "firmware_profiles/__init__.py": "TARGET = 'predictor.cli:main'\n",
+        "agent/__init__.py": "",
+        "agent/x.py": "def g():\n    from importlib import import_module\n    import_module('benchmarks.b')\n",
+        "agent/y.py": "from . import z\n",
+        "agent/z.py": "from agent import y\n",  # a cycle y -> z -> y
+        "predictor/__init__.py": "",
+        "predictor/cli.py": "__import__('firmware_profiles')\nfrom .commands import bench\nimport benchmarks\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert {(i.importer, i.target) for i in layer_violations(tmp_path)} == {
+        ("coordinator_free.wire", "agent.x"), ("firmware_profiles", "predictor.cli"),
+        ("agent.x", "benchmarks.b"), ("predictor.cli", "benchmarks")}
+    assert [(i.importer, i.target) for i in common_violations(tmp_path)] == [
+        ("coordinator_free.common.errors", "coordinator_free.wire")]
+    assert import_cycles(tmp_path) == [["agent.y", "agent.z", "agent.y"],  # and the two planted above:
+                                       ["firmware_profiles", "predictor.cli", "firmware_profiles"]]
+    assert "predictor.cli" not in import_graph(tmp_path)["predictor.cli"]
+    for name in ("coordinator_free/common/errors.py", "coordinator_free/wire.py", "firmware_profiles/__init__.py",
+                 "agent/x.py", "agent/z.py", "predictor/cli.py"):
+        (tmp_path / name).write_text("import numpy\nfrom coordinator_free.common import errors\n")
+    assert not layer_violations(tmp_path) and not import_cycles(tmp_path)
+    assert [i.target for i in common_violations(tmp_path)] == []

@@ -6,7 +6,7 @@ import pytest
 
 from agent.simulator import simulate
 from agent.swarm import Swarm
-from coordinator_free.spec import load_spec
+from agent.spec import load_spec
 from predictor.cli import main
 from predictor.compare import trajectory_error
 from predictor.forecast import forecast
@@ -99,7 +99,7 @@ def test_tune_cli_seconds_budget_with_profile_and_node_file(tmp_path):
     assert r["rounds"] == int(30 // [row for row in r["table"] if row["width"] == r["width"]][0]["seconds_per_round"])
     assert (tmp_path / "t.spec.toml").exists()
     # a board tunes from its own node file
-    from agent.deploy import loopback_addresses, write_node_files
+    from agent.loopback import loopback_addresses, write_node_files
     sw = Swarm.from_spec(load_spec(None, ["network.agents=3", "model.width=256", "data.samples_per_agent=20"]))
     node = write_node_files(sw, tmp_path / "nodes", loopback_addresses(3))[1]
     assert main(["tune", str(node), "--quiet", "--budget-rounds", "50", "--out", str(tmp_path / "n.json")]) == 0
@@ -107,5 +107,5 @@ def test_tune_cli_seconds_budget_with_profile_and_node_file(tmp_path):
     assert "agent 1" in r["objective"] and r["assumption"]
     from agent.node import load_node
     tuned = load_node(r["node_file"])
-    assert tuned.id == 1 and tuned.spec["train"]["lr"] == pytest.approx(r["lr"]) and tuned.peers
+    assert tuned.id == 1 and tuned.spec.train.lr == pytest.approx(r["lr"]) and tuned.peers
     assert main(["tune", "--budget-rounds", "5", "--grid", "lr=fast"]) == 2

@@ -10,6 +10,8 @@ import time
 import numpy as np
 import pytest
 
+pytest.importorskip("torch")  # tests.torch_reference needs it
+
 from predictor.cli import main
 from tests.torch_reference import max_rel_err, reference_run
 
@@ -19,6 +21,7 @@ CONFIGS = {
     "dgd-cycle-mlp": ["train.algorithm=dgd", "network.topology=cycle", "model.width=32"],
     "atc-star-mlp": ["train.algorithm=atc", "network.topology=star", "model.width=32", "model.depth=2"],
     "cta-complete-affine": ["train.algorithm=cta", "network.topology=complete", "model.kind=affine"],
+    "gt-cycle-mlp": ["train.algorithm=gt", "network.topology=cycle", "model.width=32", "model.activation=tanh"],
 }
 
 
@@ -46,8 +49,9 @@ def test_loopback_matches_simulate_and_reference(tmp_path, name):
     # the final checkpoint holds the parameters whose loss the agent logged last
     from agent.local import model_config
     from agent.model import loss
+    from agent.spec import resolve
     ckpt, data = np.load(tmp_path / "work" / "agent0.ckpt.npz"), np.load(tmp_path / "work" / "agent0.npz")
-    cfg = model_config(lb["spec"]["model"], 64, 1)
+    cfg = model_config(resolve(lb["spec"]).model, 64, 1)
     assert int(ckpt["round"]) == 8 and str(ckpt["model_hash"]) == cfg.hash() == lb["model_hash"]
     assert loss(cfg, ckpt["theta"], data["X"], data["Y"]) == pytest.approx(lb["train_loss"][0][-1], rel=1e-12)
 

@@ -1,7 +1,8 @@
 """Models against torch autograd and finite differences (DESIGN section 3)."""
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 
 from agent import model as M
 from agent.model import ModelConfig

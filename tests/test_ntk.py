@@ -1,8 +1,8 @@
 """The analytic empirical NTK against torch.func Jacobians and finite differences (DESIGN section 5)."""
 import numpy as np
 import pytest
-import torch
-from threadpoolctl import threadpool_limits
+
+torch = pytest.importorskip("torch")
 from torch.func import jacrev
 
 from agent.model import ModelConfig, init_params
@@ -11,12 +11,7 @@ from predictor.ntk_torch import empirical_ntk as torch_ntk
 from predictor.ntk_torch import module_ntk
 from tests.torch_reference import mlp
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    """One BLAS thread: on a shared 2-core machine, threaded BLAS stalls when another process runs."""
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 CASES = [  # kind, depth, activation, k
     ("affine", 0, "relu", 1),

@@ -10,14 +10,16 @@ import onnxruntime as ort
 import pytest
 from scipy import special
 
-from agent import algorithms, onnx_graphs
+pytest.importorskip("torch")  # tests.torch_reference needs it
+
+from agent import onnx_graphs
 from agent import model as M
 from agent.kernels import make_kernels
 from agent.model import ModelConfig
 from agent.onnx_kernels import OnnxKernels, resolve_providers
 from agent.simulator import simulate
 from agent.swarm import Swarm
-from coordinator_free.spec import load_spec
+from agent.spec import load_spec
 from coordinator_free.common.errors import UserError
 from predictor.cli import main
 from tests.torch_reference import max_rel_err, reference_run
@@ -86,28 +88,61 @@ def test_float64_erf_graph_matches_scipy():
     assert np.isnan(sess.run(None, {"x": np.array([np.nan])})[0][0])
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_descent_graph_equals_the_algorithms_rules(dtype):
-    cfg = ModelConfig(kind="mlp", d=4, k=2, width=16, depth=2, activation="tanh", seed=1)
-    X, Y = _problem(cfg)
-    X, Y = X.astype(dtype), Y.astype(dtype)
-    kern, ref = OnnxKernels(cfg, dtype, threads=1), make_kernels("numpy", cfg, dtype)
-    theta = M.init_params(cfg, dtype)
-    mixed = (theta * 0.9 + 0.01).astype(dtype)
-    alpha = 0.3
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_exported_descent_graph_is_one_local_step_in_stock_onnxruntime(dtype, tmp_path):
+    """descent.onnx as ``export-onnx --training-graphs`` ships it, run the way a board would: a plain
+    InferenceSession fed by the manifest's names, shapes and dtypes. References: numpy's float64
+    loss_and_grad (agent.model) and central differences of the numpy loss (no backward pass at all)."""
+    graphs, prob = tmp_path / "graphs", tmp_path / "p.npz"
+    overrides = ["model.width=4", "model.depth=2", "model.activation=tanh", "data.classes=[0,1,2]",
+                 f"train.dtype={dtype}"]
+    assert main(["export-onnx", *[x for o in overrides for x in ("--set", o)], "--out", str(tmp_path / "m.onnx"),
+                 "--save-problem", str(prob), "--training-graphs", str(graphs)]) == 0
+    manifest = json.loads((graphs / "layout.json").read_text())
+    cfg = ModelConfig(**manifest["config"])
+    P = cfg.num_params
+    assert cfg.hash() == manifest["model_hash"] and manifest["P"] == P and manifest["dtype"] == dtype
+    assert sorted(manifest["graphs"]) == ["descent", "forward", "loss_grad"]
+    entry = manifest["graphs"]["descent"]
+    assert "descent.onnx" in (graphs / "README.txt").read_text()
+    sess = ort.InferenceSession(str(graphs / entry["file"]), providers=["CPUExecutionProvider"])
+    onnx_type = {"float64": "tensor(double)", "float32": "tensor(float)"}[dtype]
+    for declared, actual in ((entry["inputs"], sess.get_inputs()), (entry["outputs"], sess.get_outputs())):
+        assert [(v["name"], v["shape"], v["dtype"]) for v in declared] == [(a.name, a.shape, dtype) for a in actual]
+        assert all(a.type == onnx_type for a in actual)
+    assert [(v["name"], v["shape"]) for v in entry["inputs"]] == [
+        ("theta", [P]), ("X", ["batch", cfg.d]), ("Y", ["batch", cfg.k]), ("base", [P]), ("alpha", [])]
+    assert [(v["name"], v["shape"]) for v in entry["outputs"]] == [("loss", []), ("theta_new", [P])]
 
-    def grad_at(t):
-        return ref.loss_and_grad(t, X, Y)[1]
-    tol = 10 * TOL[dtype] * np.linalg.norm(theta)
-    dgd = algorithms.finish("dgd", theta, mixed, grad_at, alpha)
-    psi = algorithms.outgoing("atc", theta, lambda: grad_at(theta), alpha)
-    cta = algorithms.finish("cta", theta, mixed, grad_at, alpha)
-    assert np.linalg.norm(kern.descent(theta, X, Y, alpha, base=mixed)[1] - dgd) <= tol
-    assert np.linalg.norm(kern.descent(theta, X, Y, alpha)[1] - psi) <= tol
-    value, new = kern.descent(mixed, X, Y, alpha, base=mixed)
-    assert np.linalg.norm(new - cta) <= tol and new.dtype == dtype
-    assert value == pytest.approx(ref.loss_and_grad(mixed, X, Y)[0], rel=TOL[dtype])
-    assert np.linalg.norm(ref.descent(theta, X, Y, alpha, base=mixed)[1] - dgd) == 0
+    z = np.load(prob)
+    theta = np.load(graphs / manifest["theta0"])
+    assert theta.dtype == dtype
+    np.testing.assert_array_equal(theta, z["theta0"].astype(dtype))
+    X, Y = z["X_train"][:7], z["Y_train"][:7]
+    base = theta + np.random.default_rng(3).standard_normal(P).astype(dtype) / 10
+    alpha = 0.37
+    loss, new = sess.run(["loss", "theta_new"], {"theta": theta, "X": X.astype(dtype), "Y": Y.astype(dtype),
+                                                 "base": base, "alpha": np.array(alpha, dtype)})
+    assert loss.shape == () and new.shape == (P,) and new.dtype == dtype
+    t64, b64 = theta.astype(np.float64), base.astype(np.float64)
+    ref_loss, ref_grad = M.loss_and_grad(cfg, t64, X, Y)
+    step = (b64 - new) / alpha                     # the gradient the graph applied
+    if dtype == "float32":
+        assert float(loss) == pytest.approx(ref_loss, rel=1e-5)
+        assert _rel(new, b64 - alpha * ref_grad) <= 1e-6 and _rel(step, ref_grad) <= 1e-3
+        return
+    assert float(loss) == pytest.approx(ref_loss, rel=1e-12)
+    np.testing.assert_allclose(new, b64 - alpha * ref_grad, rtol=1e-12, atol=1e-15)
+    assert _rel(step, ref_grad) <= 1e-12
+    eps, fd = 1e-6, np.empty(P)
+    for i in range(P):
+        e = np.zeros(P)
+        e[i] = eps
+        fd[i] = (M.loss(cfg, t64 + e, X, Y) - M.loss(cfg, t64 - e, X, Y)) / (2 * eps)
+    np.testing.assert_allclose(step, fd, rtol=1e-6, atol=1e-9)
+    # base = theta: plain gradient descent; a small step lowers the loss
+    (theta1,) = sess.run(["theta_new"], {"theta": theta, "X": X, "Y": Y, "base": theta, "alpha": np.array(0.05)})
+    assert M.loss(cfg, theta1, X, Y) < ref_loss
 
 
 ACCEPTANCE = {

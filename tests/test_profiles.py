@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from agent.model import ModelConfig, init_params, loss_and_grad
-from firmware_profiles.apply import (HEADER_BYTES, apply_threads, check_fits, estimate_memory,
-                                     estimate_round_time, format_bytes, largest_width,
-                                     mlp_num_params)
+from coordinator_free.wire import PARAMS_HEADER_BYTES as HEADER_BYTES
+from firmware_profiles.apply import (apply_threads, check_fits, estimate_memory,
+                                     estimate_round_time, format_bytes, largest_width)
 from firmware_profiles.calibrate import EchoServer, measure_link
 from firmware_profiles.emulation import ComputeThrottle, LinkShaper
 from coordinator_free.common.errors import UserError
@@ -131,10 +131,15 @@ def test_calibrate_measures_a_peer_over_the_echo_server(tmp_path):
 
 # -- memory and time --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("d,width,depth,k", [(4, 8, 2, 3), (64, 1024, 1, 1), (10, 7, 0, 2), (5, 6, 3, 4)])
-def test_mlp_num_params_matches_the_model(d, width, depth, k):
-    cfg = ModelConfig("mlp" if depth else "affine", d=d, k=k, width=width, depth=depth)
-    assert mlp_num_params(d, width, depth, k) == cfg.num_params
+def mlp_num_params(d: int, width: int, depth: int, k: int) -> int:
+    return ModelConfig("mlp" if depth else "affine", d=d, k=k, width=width, depth=depth).num_params
+
+
+def test_memory_estimate_scales_with_the_messages_per_round():
+    work = dict(n_params=1000, width=8, depth=1, d=4, k=1, batch=5, n_neighbours=2, dtype_bytes=8)
+    one, two = estimate_memory(None, **work), estimate_memory(None, **work, messages=2)
+    assert two["parameters"] - one["parameters"] == 1000 * 8 * 3  # one more mixed vector + 2 receive buffers
+    assert two["messages"] - one["messages"] == 3 * 1000 * 8
 
 
 def test_memory_estimate_closed_form():
@@ -174,7 +179,7 @@ def test_too_wide_for_a_pi_zero_is_refused_with_the_figure_and_the_fix():
     work = dict(width=65536, depth=2, d=64, k=1, batch=40, n_neighbours=2, dtype_bytes=4)
     e = estimate_memory(zero, n_params=ModelConfig("mlp", d=64, k=1, width=65536, depth=2).num_params, **work)
     with pytest.raises(UserError) as err:
-        check_fits(zero, e)
+        check_fits(zero, e, lambda w: mlp_num_params(64, w, 2, 1))
     msg = str(err.value)
     assert f"width 65536 needs {format_bytes(e['total'])} on raspberry-pi-zero-2w" in msg
     assert "agent budget is 300 MB" in msg and format_bytes(e["total"]) == "144 GB"  # 9 P s, P = 65536^2 + 67 * 65536 + 1
@@ -185,7 +190,7 @@ def test_too_wide_for_a_pi_zero_is_refused_with_the_figure_and_the_fix():
                                **{**work, "width": w})["total"]
     assert total(best) <= zero.budget_bytes < total(best + 1)
     check_fits(zero, estimate_memory(zero, n_params=mlp_num_params(64, best, 2, 1), **{**work, "width": best}))
-    assert largest_width(zero.budget_bytes, e) == best
+    assert largest_width(zero.budget_bytes, e, lambda w: mlp_num_params(64, w, 2, 1)) == best
 
 
 def test_forecast_too_big_suggests_fewer_samples():
@@ -200,14 +205,15 @@ def test_round_time_closed_form():
     pi4 = load_profile("raspberry-pi-4b")  # 19.2 effective GFLOPS, 100 Mbit/s, 3 ms
     P = 1_000_000
     t = estimate_round_time(pi4, n_params=P, width=1000, depth=1, d=64, k=1, batch=40, n_neighbours=2,
-                            dtype_bytes=4, algorithm="atc")
+                            dtype_bytes=4)
     flops = 6 * 40 * P + 2 * 3 * P
     assert t["compute_s"] == pytest.approx(flops / 19.2e9)
     assert t["comm_s"] == pytest.approx(2 * (0.003 + 8 * (4 * P + HEADER_BYTES) / 100e6))
     assert t["total_s"] == pytest.approx(t["compute_s"] + t["comm_s"])
-    with pytest.raises(UserError, match="algorithm = 'sgd'"):
-        estimate_round_time(pi4, n_params=P, width=1000, depth=1, d=64, k=1, batch=40, n_neighbours=2,
-                            dtype_bytes=4, algorithm="sgd")
+    gt = estimate_round_time(pi4, n_params=P, width=1000, depth=1, d=64, k=1, batch=40, n_neighbours=2,
+                             dtype_bytes=4, messages=2)  # gradient tracking sends theta and its tracker
+    assert gt["comm_s"] == pytest.approx(2 * (0.003 + 8 * (8 * P + HEADER_BYTES) / 100e6))
+    assert gt["flops"] == flops + 2 * 3 * P
     with pytest.raises(UserError, match="batch = 0"):
         estimate_memory(pi4, n_params=P, width=1000, depth=1, d=64, k=1, batch=0, n_neighbours=2,
                         dtype_bytes=4)
@@ -276,7 +282,7 @@ def test_an_emulated_round_takes_the_estimated_time():
     X = np.random.default_rng(0).standard_normal((40, 64)).astype(np.float32)
     Y = np.ones((40, 1), np.float32)
     t = estimate_round_time(zero, n_params=cfg.num_params, width=2048, depth=1, d=64, k=1, batch=40,
-                            n_neighbours=2, dtype_bytes=4, algorithm="dgd")
+                            n_neighbours=2, dtype_bytes=4)
     throttle, shaper = ComputeThrottle(zero.effective_gflops, host_gflops=1e3), LinkShaper.from_profile(zero)
     loss_and_grad(cfg, theta, X, Y)  # warm-up
 

@@ -4,6 +4,8 @@ import json
 import numpy as np
 import pytest
 
+pytest.importorskip("torch")  # tests.torch_reference needs it
+
 from predictor.cli import main
 from tests.torch_reference import max_rel_err, reference_run
 

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from coordinator_free.spec import default_spec, load_spec, parse_override, spec_hash
+from agent.spec import default_spec, load_spec, parse_override, spec_hash
 from coordinator_free.common.errors import UserError
 
 
@@ -12,16 +12,16 @@ def test_defaults_and_overrides(tmp_path):
     f = tmp_path / "s.toml"
     f.write_text('[train]\nalgorithm = "cta"\nlr = 0.2\n[network]\ntopology = "star"\n')
     spec = load_spec(f, ["train.algorithm=atc", "data.classes=[0,1,2]", "network.topology=erdos-renyi:0.5"])
-    assert spec["train"]["algorithm"] == "atc" and spec["train"]["lr"] == 0.2
-    assert spec["data"]["classes"] == [0, 1, 2]
-    assert spec["network"]["topology"] == "erdos-renyi:0.5"
-    assert spec["model"] == default_spec()["model"]
+    assert spec.train.algorithm == "atc" and spec.train.lr == 0.2
+    assert spec.data.classes == [0, 1, 2]
+    assert spec.network.topology == "erdos-renyi:0.5"
+    assert spec.model == default_spec().model
 
 
 def test_override_values_are_toml():
-    assert parse_override("train.lr=1e-2") == ("train", "lr", 0.01)
-    assert parse_override("train.batch=full") == ("train", "batch", "full")
-    assert parse_override("data.classes = [3, 8]") == ("data", "classes", [3, 8])
+    assert parse_override("train.lr=1e-2") == ("train.lr", 0.01)
+    assert parse_override("train.batch=full") == ("train.batch", "full")
+    assert parse_override("data.classes = [3, 8]") == ("data.classes", [3, 8])
 
 
 @pytest.mark.parametrize("override,culprit", [

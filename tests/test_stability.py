@@ -2,22 +2,16 @@
 independently built parameter-space system, Proposition 1 in reduced vs kernel coordinates."""
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
 from agent.simulator import simulate
 from agent.swarm import Swarm
-from coordinator_free.spec import load_spec
+from agent.spec import load_spec
 from coordinator_free.topology import build_graph, mixing_matrix
 from predictor.dynamics import KernelProblem, reduced_system
 from predictor.forecast import kernel_problem
 from predictor.stability import doubly_stochastic, lr_max, lr_max_exact, stability_report
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    """One BLAS thread: on a shared 2-core machine, threaded BLAS stalls when another process runs."""
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 @pytest.mark.parametrize("alg", ["dgd", "atc", "cta"])
@@ -27,7 +21,7 @@ def test_lr_max_is_the_edge_of_stability_of_real_affine_training(alg):
     edge = lr_max(kernel_problem(swarm), alg, verify=True)
     runs = {}
     for fraction in (0.97, 1.03):
-        swarm.spec["train"]["lr"] = fraction * edge
+        swarm.spec = swarm.spec.updated({"train.lr": fraction * edge})
         runs[fraction] = np.asarray(simulate(swarm)["train_loss"])
     calm, wild = runs[0.97], runs[1.03]
     step_calm, step_wild = np.abs(np.diff(calm)), np.abs(np.diff(wild))  # round-to-round changes
@@ -86,7 +80,7 @@ def test_lr_max_matches_a_brute_force_scan_in_parameter_space(case, alg):
 def test_closed_form_lr_max_is_exact_for_dgd_and_psd_mixing():
     W = mixing_matrix(build_graph("cycle", 5), "lazy-metropolis")  # all eigenvalues >= 0
     kp, J, owner = _random_problem(7, W)
-    assert lr_max_exact(W) == {"dgd": True, "atc": True, "cta": True}
+    assert lr_max_exact(W) == {"dgd": True, "atc": True, "cta": True, "gt": True}  # gt: an exact search
     for alg in ("dgd", "atc"):
         edge = lr_max(kp, alg)  # no dense verification
         below, above = (_parameter_space_rho(J, owner, W, alg, edge * f) for f in (1 - 1e-7, 1 + 1e-6))
@@ -128,7 +122,7 @@ def test_proposition_1_marginal_modes_vanish_in_reduced_coordinates():
     assert report["max_real_eig"] < 0
     assert report["spectral_radius"] < 1 and report["stable"]
     assert report["states"] < kp.N * kp.Mk
-    assert set(report["lr_max"]) == {"dgd", "atc", "cta"}
+    assert set(report["lr_max"]) == {"dgd", "atc", "cta", "gt"}
 
 
 def test_minimality_finds_the_modes_hidden_from_every_agent():

@@ -109,8 +109,8 @@ def test_path_graph_handshake_and_five_rounds_exact(make, dtype):
         for k in range(5):
             assert sorted(got[k]) == nbrs
             for j in nbrs:
-                assert got[k][j].dtype == np.dtype(dtype)
-                assert got[k][j].tobytes() == value(j, k, dtype).tobytes()
+                assert got[k][j][0].dtype == np.dtype(dtype)
+                assert got[k][j][0].tobytes() == value(j, k, dtype).tobytes()
         payload = P * np.dtype(dtype).itemsize
         assert stats["round"] == 4 and stats["bytes_sent"] >= len(nbrs) * payload
         assert stats["received_from"] == nbrs
@@ -124,8 +124,8 @@ def test_early_message_is_buffered_and_delivered(make, raw):
     push.send_multipart(params(0, 0, value(0, 0, np.float32)))
     got0 = t.exchange(0, value(1, 0, np.float32), deadline=5)
     got1 = t.exchange(1, value(1, 1, np.float32), deadline=0)  # no waiting: already buffered
-    assert got0[0].tobytes() == value(0, 0, np.float32).tobytes()
-    assert got1[0].tobytes() == value(0, 1, np.float32).tobytes()
+    assert got0[0][0].tobytes() == value(0, 0, np.float32).tobytes()
+    assert got1[0][0].tobytes() == value(0, 1, np.float32).tobytes()
     assert not t.suspected
 
 
@@ -209,9 +209,9 @@ def test_malformed_messages_are_dropped_and_logged(make, raw, caplog):
     results, errors = run_all(lambda: t0.exchange(0, value(0, 0, np.float32), deadline=5),
                               lambda: t1.exchange(0, value(1, 0, np.float32), deadline=5))
     assert errors == [None, None] and not t0.suspected
-    assert results[0][1].tobytes() == value(1, 0, np.float32).tobytes()
-    assert results[1][0].tobytes() == value(0, 0, np.float32).tobytes()
-    assert results[1][2].tobytes() == good.tobytes()
+    assert results[0][1][0].tobytes() == value(1, 0, np.float32).tobytes()
+    assert results[1][0][0].tobytes() == value(0, 0, np.float32).tobytes()
+    assert results[1][2][0].tobytes() == good.tobytes()
     assert t1.drop_counts["invalid"] == 5 and not t1.suspected
     reasons = [r for _, r in t1.dropped]
     for part in ["not valid UTF-8", f"{P} non-finite values", f"shape [{P + 1}] != model shape",

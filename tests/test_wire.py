@@ -26,7 +26,7 @@ def frames(array=None, **kw) -> list:
 
 
 def raw(header: dict, payload: bytes = bytes(48)) -> list:
-    return [json.dumps(header).encode(), payload]
+    return [json.dumps({"arrays": 1, **header}).encode(), payload]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -35,27 +35,27 @@ def test_round_trip_is_exact(dtype):
     a = rng.standard_normal(SHAPE).astype(dtype) * np.array(1e30, dtype)  # exercise all bits
     fr = encode(params_header(), a)
     assert json.loads(fr[0]) == {**params_header(), "v": PROTOCOL_VERSION,
-                                 "dtype": np.dtype(dtype).name, "shape": [12]}
+                                 "dtype": np.dtype(dtype).name, "shape": [12], "arrays": 1}
     assert isinstance(fr[1], memoryview) and fr[1].nbytes == a.nbytes  # not a copy
     assert np.shares_memory(np.frombuffer(fr[1], dtype), a)
     msg = decode([bytes(f) for f in fr], expect())
     assert (msg.type, msg.sender, msg.round) == ("params", 2, 5)
-    assert msg.array.dtype == dtype and msg.array.tobytes() == a.tobytes()
-    assert not msg.array.flags.writeable  # read-only view of the received bytes
+    assert msg.arrays[0].dtype == dtype and msg.arrays[0].tobytes() == a.tobytes()
+    assert not msg.arrays[0].flags.writeable  # read-only view of the received bytes
 
 
 def test_big_endian_input_goes_out_little_endian():
     a = np.arange(12, dtype=">f8")
     msg = decode([bytes(f) for f in encode(params_header(), a)], expect())
-    assert msg.array.dtype == np.dtype("<f8")
-    np.testing.assert_array_equal(msg.array, np.arange(12.0))
+    assert msg.arrays[0].dtype == np.dtype("<f8")
+    np.testing.assert_array_equal(msg.arrays[0], np.arange(12.0))
 
 
 def test_hello_and_bye_round_trip():
     hello = {"type": "hello", "sender": 0, "model_hash": "m0", "spec_hash": "s", "degree": 2,
              "heard": [1], "reply": False, "device": "pi4"}
     msg = decode(encode(hello), expect())
-    assert (msg.type, msg.sender, msg.round, msg.array) == ("hello", 0, -1, None)
+    assert (msg.type, msg.sender, msg.round, msg.arrays) == ("hello", 0, -1, None)
     assert msg.header["device"] == "pi4" and msg.header["degree"] == 2
     msg = decode(encode({"type": "bye", "sender": 2, "model_hash": "m0"}), expect())
     assert (msg.type, msg.sender) == ("bye", 2)
@@ -66,11 +66,13 @@ BAD = {
     "non-JSON": ([b"{type: params", bytes(48)], "not valid JSON"),
     "not an object": ([b"[1, 2]", bytes(48)], "not an object"),
     "empty": ([], "empty message"),
-    "wrong version": (raw({**params_header(), "v": 2, "dtype": "float32", "shape": [12]}),
-                      "protocol version 2 != ours 1"),
+    "wrong version": (raw({**params_header(), "v": 1, "dtype": "float32", "shape": [12]}),
+                      "protocol version 1 but ours is 2"),
+    "huge version": (raw({**params_header(), "v": 10**30, "shape": [12]}),
+                     "protocol version (a huge number) but ours is 2"),
     "missing version": (raw({**params_header(), "dtype": "float32", "shape": [12]}),
                         "missing header field 'v'"),
-    "unknown type": (raw({**params_header(type="gossip"), "v": 1}), "unknown message type 'gossip'"),
+    "unknown type": (raw({**params_header(type="gossip"), "v": PROTOCOL_VERSION}), "unknown message type 'gossip'"),
     "unknown sender": (frames(sender=7), "sender 7 is not a neighbour [0, 2]"),
     "bool sender": (frames(sender=True), "'sender' must be int, got bool"),
     "wrong model hash": (frames(model_hash="m1"), "model hash 'm1' != ours 'm0'"),
@@ -78,9 +80,9 @@ BAD = {
     "wrong shape": (frames(np.zeros(10, np.float32)), "shape [10] != model shape [12]"),
     "2-D shape": (frames(np.zeros((12, 1), np.float32)), "shape [12, 1] != model shape [12]"),
     "wrong dtype": (frames(np.zeros(12, np.float16)), "dtype 'float16' not allowed"),
-    "object dtype": (raw({**params_header(), "v": 1, "dtype": "object", "shape": [12]}),
+    "object dtype": (raw({**params_header(), "v": PROTOCOL_VERSION, "dtype": "object", "shape": [12]}),
                      "dtype 'object' not allowed"),
-    "byte length": (raw({**params_header(), "v": 1, "dtype": "float32", "shape": [12]}, bytes(47)),
+    "byte length": (raw({**params_header(), "v": PROTOCOL_VERSION, "dtype": "float32", "shape": [12]}, bytes(47)),
                     "array frame is 47 bytes, expected 12 x 4"),
     "NaN": (frames(np.array([0.0] * 11 + [np.nan], np.float32)), "1 non-finite values"),
     "inf": (frames(np.array([np.inf, -np.inf] + [0.0] * 10)), "2 non-finite values"),
@@ -89,6 +91,8 @@ BAD = {
     "string round": (frames(round="5"), "'round' must be int, got str"),
     "extra frame": (frames() + [b"x"], "params message has 3 frames, expected 2"),
     "missing array": (frames()[:1], "params message has 1 frames, expected 2"),
+    "wrong array count": (raw({**params_header(), "v": PROTOCOL_VERSION, "dtype": "float32", "shape": [12],
+                               "arrays": 2}), "arrays 2 != ours 1"),
     "hello with array": (encode({"type": "hello", "sender": 0, "model_hash": "m0"}) + [b"x"],
                          "hello message has 2 frames, expected 1"),
     "hello without degree": (encode({"type": "hello", "sender": 0, "model_hash": "m0",
@@ -121,7 +125,21 @@ def test_every_non_finite_value_is_caught(dtype):
 def test_huge_finite_values_are_accepted():
     a = np.full(12, 3e38, np.float32)  # the sum of squares overflows; the values are finite
     msg = decode(frames(a), expect())
-    assert msg.array.tobytes() == a.tobytes()
+    assert msg.arrays[0].tobytes() == a.tobytes()
+
+
+def test_two_array_message_round_trips_and_counts_are_checked():
+    theta, tracker = np.arange(12.0), -np.arange(12.0)
+    fr = [bytes(f) for f in encode(params_header(algorithm="gt"), (theta, tracker))]
+    assert len(fr) == 3 and json.loads(fr[0])["arrays"] == 2
+    msg = decode(fr, expect(algorithm="gt", arrays=2))
+    assert [a.tobytes() for a in msg.arrays] == [theta.tobytes(), tracker.tobytes()]
+    with pytest.raises(WireError, match="params message has 3 frames, expected 2"):
+        decode(fr, expect(algorithm="gt"))
+    with pytest.raises(WireError, match="1 non-finite values"):
+        decode(fr[:2] + [np.array([np.nan] + [0.0] * 11).tobytes()], expect(algorithm="gt", arrays=2))
+    with pytest.raises(ValueError, match="share dtype and shape"):
+        encode(params_header(), (theta, tracker[:5]))
 
 
 def test_wire_error_names_field_and_keeps_header():

@@ -1,15 +1,17 @@
-"""An independent float64 torch implementation of DESIGN sections 3-4, for tests only.
+"""An independent float64 torch implementation of docs/design.md sections 3-4, for tests only.
 
-It reads the problem file (X, Y, agent_of_sample, theta0, W) and the spec's hyperparameters,
-writes the model and the DGD/ATC/CTA rules from the DESIGN text with torch autograd, and shares
-no code with the package.
+It reads the problem file (X, Y, agent_of_sample, theta0, W) and the spec's hyperparameters (as a
+plain dict), writes the model and the DGD/ATC/CTA/GT rules from the design text with torch autograd,
+and shares no code with the package.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
-import torch
+import pytest
+
+torch = pytest.importorskip("torch")
 
 
 def mlp(theta: torch.Tensor, X: torch.Tensor, d: int, k: int, model: dict) -> torch.Tensor:
@@ -34,8 +36,10 @@ def half_mse(F: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
     return ((F - Y) ** 2).sum() / (2 * F.shape[0])
 
 
-def reference_run(problem_path: str, spec: dict) -> dict:
-    """Train with the DESIGN section 4 rules in float64 torch; return train/test loss per agent per round."""
+def reference_run(problem_path: str, spec) -> dict:
+    """Train with the design's section 4 rules in float64 torch; return train/test loss per agent per
+    round and every agent's final parameters ("theta", (N, P))."""
+    spec = spec.to_dict() if hasattr(spec, "to_dict") else spec
     z = np.load(problem_path)
     X, Y = torch.tensor(z["X_train"]), torch.tensor(z["Y_train"])
     Xt, Yt = torch.tensor(z["X_test"]), torch.tensor(z["Y_test"])
@@ -64,9 +68,20 @@ def reference_run(problem_path: str, spec: dict) -> dict:
                 train[q].append(float(half_mse(f(theta[q], parts[q][0]), parts[q][1])))
                 test[q].append(float(half_mse(f(theta[q], Xt), Yt)))
 
+    def mix(vectors, q):
+        return sum(W[q, r] * vectors[r] for r in range(N))
+
     record()
+    if alg == "gt":  # y_q(0) = grad L_q(theta_q(0)); g_q: the last gradient of agent q
+        y = [grad(q, theta[q]) for q in range(N)]
+        g_old = list(y)
     for _ in range(spec["train"]["rounds"]):
-        if alg == "dgd":
+        if alg == "gt":
+            new = [mix(theta, q) - lr * y[q] for q in range(N)]
+            g_new = [grad(q, new[q]) for q in range(N)]
+            y = [mix(y, q) + g_new[q] - g_old[q] for q in range(N)]
+            g_old = g_new
+        elif alg == "dgd":
             new = [sum(W[q, r] * theta[r] for r in range(N)) - lr * grad(q, theta[q]) for q in range(N)]
         elif alg == "atc":
             psi = [theta[r] - lr * grad(r, theta[r]) for r in range(N)]
@@ -76,7 +91,7 @@ def reference_run(problem_path: str, spec: dict) -> dict:
             new = [phi[q] - lr * grad(q, phi[q]) for q in range(N)]
         theta = [t.detach() for t in new]
         record()
-    return {"train_loss": train, "test_loss": test}
+    return {"train_loss": train, "test_loss": test, "theta": np.stack([t.numpy() for t in theta])}
 
 
 def max_rel_err(a, b) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from coordinator_free.spec import load_spec
+from agent.spec import load_spec
 
 
 def add_spec_args(parser: argparse.ArgumentParser, out_default: str) -> None:
@@ -42,6 +42,11 @@ def loss_table(results: dict) -> str:
         ac = f"{acc[q][-1]:9.3f}" if acc else f"{'-':>9}"
         rows.append(f"{q:>5} {train[q][-1]:12.5g} {te} {ac}")
     return "\n".join(rows)
+
+
+def lr_max_line(lr_max: dict, digits: int = 4) -> str:
+    """"lr_max: dgd 1.23, atc ..." for every algorithm in ``lr_max`` (None: not computed here)."""
+    return "lr_max: " + ", ".join(f"{name} {'-' if v is None else f'{v:.{digits}g}'}" for name, v in lr_max.items())
 
 
 def ensure_parent(path: str) -> Path:

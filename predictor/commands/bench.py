@@ -1,50 +1,42 @@
 """``p2pntk bench TARGET``: the side-by-side benchmarks of ``benchmarks/`` (DESIGN section 8).
 
-Each target is "module:function" with ``function(quick: bool, out: str | None) -> dict``; add a line to
-TARGETS to add one. Benchmarks live in the source checkout, not the installed package.
+Benchmarks are a dev-only layer above the packages and live in the source checkout, not the installed
+package, so this command never imports them: it runs ``python -m benchmarks TARGET [--quick] [--out F]``
+in a subprocess from the checkout and returns its exit status. The table of targets is in
+``benchmarks/__main__.py`` only; an unknown target is reported there (one line, status 2).
 """
 from __future__ import annotations
 
-import importlib
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 from coordinator_free.common.errors import UserError
 
-TARGETS = {
-    "predictor": "benchmarks.bench_predictor:run",
-    "transport": "benchmarks.bench_transport:cli",
-    "loopback": "benchmarks.bench_loopback:cli",
-    "tune": "benchmarks.bench_tune:cli",
-    "kernels": "benchmarks.bench_kernels:cli",
-}
+ROOT = Path(__file__).resolve().parents[2]  # the parent of the predictor package: a source checkout's root
 
 
 def register(sub) -> None:
     p = sub.add_parser("bench", help="run a benchmark (forecast vs training cost, scaling, ...)",
-                       description="Run one of the benchmarks in benchmarks/ and print its ratios.")
-    p.add_argument("target", choices=sorted(TARGETS), help="what to benchmark")
+                       description="Run one of the benchmarks in benchmarks/ (a source checkout) and print its "
+                                   "ratios. An unknown TARGET lists the known ones.")
+    p.add_argument("target", metavar="TARGET", help="which benchmark (an unknown one lists the known ones)")
     p.add_argument("--quick", action="store_true", help="a smaller, faster version")
     p.add_argument("--out", default=None, metavar="FILE.json", help="also write the numbers as JSON")
     p.set_defaults(func=run)
 
 
-def load_target(spec: str):
-    """Import "module:function"; benchmarks/ is found next to the package in a source checkout."""
-    module, _, func = spec.partition(":")
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError:
-        root = str(Path(__file__).resolve().parents[2])
-        if root not in sys.path:
-            sys.path.insert(0, root)
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError:
-            raise UserError(f"benchmark {spec}: not found; run from a source checkout that has benchmarks/") from None
-    return getattr(mod, func)
+def command(target: str, quick: bool = False, out: str | None = None) -> list[str]:
+    """The benchmark's command line; --out is made absolute, since the benchmark runs in the checkout."""
+    flags = (["--quick"] if quick else []) + (["--out", os.path.abspath(out)] if out else [])
+    return [sys.executable, "-m", "benchmarks", target, *flags]
 
 
 def run(args) -> int:
-    load_target(TARGETS[args.target])(quick=args.quick, out=args.out)
-    return 0
+    if not (ROOT / "benchmarks" / "__main__.py").is_file():
+        raise UserError(f"benchmark {args.target}: not found; run from a source checkout that has benchmarks/")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    code = subprocess.run(command(args.target, args.quick, args.out), cwd=ROOT, env=env).returncode
+    return 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell reports it

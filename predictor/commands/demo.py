@@ -10,11 +10,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent.deploy import run_loopback
+from agent.loopback import run_loopback
 from agent.swarm import Swarm
 from coordinator_free.common.files import write_json
 from coordinator_free.progress import ProgressBar
-from coordinator_free.spec import load_spec
+from agent.spec import load_spec
 from predictor.compare import compare_results, error_table, plot_comparison
 from predictor.forecast import forecast
 
@@ -38,11 +38,11 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     swarm = Swarm.from_spec(spec)
-    t, n = spec["train"], swarm.n_agents
+    t, n = spec.train, swarm.n_agents
     say = (lambda *a: None) if args.quiet else print
-    say(f"demo: {n} agents on a {spec['network']['topology']} graph, {spec['model']['kind']} width "
-        f"{spec['model']['width']} ({swarm.cfg.num_params:,} parameters), digits {spec['data']['classes']}, "
-        f"{t['algorithm'].upper()} lr={t['lr']}, {t['rounds']} rounds")
+    say(f"demo: {n} agents on a {spec.network.topology} graph, {spec.model.kind} width "
+        f"{spec.model.width} ({swarm.cfg.num_params:,} parameters), digits {spec.data.classes}, "
+        f"{t.algorithm.upper()} lr={t.lr}, {t.rounds} rounds")
     say("1/3 forecasting every agent's loss with the NTK ...")
     predicted, _ = forecast(swarm)
     write_json(out / "forecast.json", predicted)

@@ -1,7 +1,10 @@
 """``p2pntk export-onnx``: the spec's model with theta_0 baked in, as an ONNX inference model.
 
 Input X, float32 (batch, d); output f(X; theta_0), float32 (batch, k); stock onnxruntime loads it.
-``--training-graphs DIR`` also writes the forward, loss + gradient and descent graphs (theta an input).
+``--training-graphs DIR`` also writes what a board needs to train with stock onnxruntime: the
+forward, loss + gradient and descent graphs (theta an input; descent.onnx is one fused local step,
+(theta, X, Y, base, alpha) -> (loss, base - alpha grad L(theta))), theta0.npy, layout.json (the
+manifest: tensor offsets and each graph's inputs and outputs) and README.txt (the same for people).
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import numpy as np
 
 from agent import onnx_graphs
 from agent.swarm import Swarm
-from coordinator_free.common.files import atomic_write, write_json
+from coordinator_free.common.files import atomic_write, write_json, write_text
 from coordinator_free.common.errors import UserError
 from predictor.commands import spec_from_args
 
@@ -31,8 +34,9 @@ def register(sub) -> None:
     p.add_argument("--save-problem", default=None, metavar="PROB.npz",
                    help="also write the exact problem (data, theta0, W) the model belongs to")
     p.add_argument("--training-graphs", default=None, metavar="DIR",
-                   help="also write forward.onnx, loss_grad.onnx, descent.onnx (train.dtype, theta an input), "
-                        "theta0.npy and layout.json to DIR")
+                   help="also write the training graphs for boards to DIR: forward.onnx, loss_grad.onnx, "
+                        "descent.onnx (one fused local step), in train.dtype with theta an input, "
+                        "theta0.npy, layout.json (manifest: inputs, outputs, offsets) and README.txt")
     p.set_defaults(func=run)
 
 
@@ -53,7 +57,7 @@ def run(args) -> int:
         swarm.save_problem(args.save_problem)
         written.append(args.save_problem)
     if args.training_graphs:
-        written.append(write_training_graphs(args.training_graphs, cfg, swarm.theta0, spec["train"]["dtype"]))
+        written.append(write_training_graphs(args.training_graphs, cfg, swarm.theta0, spec.train.dtype))
     kind = "affine" if not cfg.hidden_layers else f"{cfg.activation} MLP depth {cfg.hidden_layers} width {cfg.width}"
     print(f"export-onnx: {kind}, d={cfg.d}, k={cfg.k}, P={cfg.num_params}, model hash {cfg.hash()}, "
           f"opset {onnx_graphs.OPSET}")
@@ -62,20 +66,46 @@ def run(args) -> int:
 
 
 def write_training_graphs(directory: str, cfg, theta0: np.ndarray, dtype: str) -> str:
-    """forward/loss_grad/descent.onnx in ``dtype``, theta0.npy and layout.json (inputs, outputs, offsets)."""
+    """The training graphs for boards, in ``dtype``: forward/loss_grad/descent.onnx, theta0.npy,
+    layout.json (manifest: tensor offsets, each graph's file, inputs and outputs) and README.txt.
+
+    The inputs and outputs in the manifest are read off the graphs written (names, shapes with
+    "batch" the dynamic dimension, numpy dtype names), so they cannot drift from them.
+    """
     out = Path(directory)
+    graphs = {}
     for kind in onnx_graphs.KINDS:
-        _write(out / f"{kind}.onnx", onnx_graphs.serialized(kind, cfg, dtype), "--training-graphs")
+        model = onnx_graphs.build(kind, cfg, dtype)
+        _write(out / f"{kind}.onnx", model.SerializeToString(), "--training-graphs")
+        graphs[kind] = {"file": f"{kind}.onnx", "computes": onnx_graphs.COMPUTES[kind],
+                        **onnx_graphs.signature(model)}
     atomic_write(out / "theta0.npy", lambda fh: np.save(fh, theta0.astype(dtype)), mode="wb")
     write_json(out / "layout.json", {
         "model_hash": cfg.hash(), "config": vars(cfg), "dtype": dtype, "opset": onnx_graphs.OPSET,
-        "P": cfg.num_params, "tensors": onnx_graphs.layout(cfg),
-        "graphs": {"forward": {"inputs": ["theta (P,)", "X (batch, d)"], "outputs": ["f (batch, k)"]},
-                   "loss_grad": {"inputs": ["theta (P,)", "X (batch, d)", "Y (batch, k)"],
-                                 "outputs": ["loss ()", "grad (P,)"]},
-                   "descent": {"inputs": ["theta (P,)", "X (batch, d)", "Y (batch, k)", "base (P,)", "alpha ()"],
-                               "outputs": ["loss ()", "theta_new = base - alpha grad (P,)"]}}})
+        "P": cfg.num_params, "tensors": onnx_graphs.layout(cfg), "theta0": "theta0.npy", "graphs": graphs})
+    write_text(out / "README.txt", _readme(cfg, dtype, graphs))
     return str(out)
+
+
+def _readme(cfg, dtype: str, graphs: dict) -> str:
+    def io(items):
+        return "; ".join(f"{v['name']} {v['dtype']} [{', '.join(str(d) for d in v['shape'])}]" for v in items)
+    lines = [f"p2p-ntk training graphs: model hash {cfg.hash()}, P = {cfg.num_params} parameters, d = {cfg.d}, "
+             f"k = {cfg.k}, {dtype}, ONNX opset {onnx_graphs.OPSET}.",
+             "Stock onnxruntime runs them. theta is the flat parameter vector (tensor offsets in layout.json);",
+             "theta0.npy is the initial theta; batch is any number of rows >= 1; loss and alpha are scalars (shape []).",
+             ""]
+    for g in graphs.values():
+        lines += [f"{g['file']}: {g['computes']}", f"  inputs:  {io(g['inputs'])}",
+                  f"  outputs: {io(g['outputs'])}"]
+    lines += ["", "One local gradient step (X, Y: this board's batch; base = theta for plain gradient descent):",
+              "  import numpy as np, onnxruntime as ort",
+              "  step = ort.InferenceSession('descent.onnx', providers=['CPUExecutionProvider'])",
+              f"  theta = np.load('theta0.npy')                      # {dtype} ({cfg.num_params},)",
+              "  feed = {'theta': theta, 'X': X.astype(theta.dtype), 'Y': Y.astype(theta.dtype),",
+              "          'base': theta, 'alpha': np.array(0.1, theta.dtype)}",
+              "  loss, theta = step.run(['loss', 'theta_new'], feed)", ""]
+    return "\n".join(lines)
 
 
 def _write(path, blob: bytes, option: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from agent.deploy import run_loopback
+from agent.loopback import run_loopback
 from coordinator_free.common.files import write_json
 from coordinator_free.progress import ProgressBar
 from predictor.commands import add_spec_args, loss_table, swarm_from_args

@@ -8,7 +8,7 @@ import numpy as np
 
 from coordinator_free.common.files import write_json, write_npz
 from coordinator_free.common.errors import UserError
-from predictor.commands import add_spec_args, loss_table, swarm_from_args
+from predictor.commands import add_spec_args, loss_table, lr_max_line, swarm_from_args
 from predictor.forecast import forecast
 from predictor.ntk import DEFAULT_MAX_BYTES
 
@@ -53,7 +53,7 @@ def run(args) -> int:
         raise UserError(f"--max-mb {args.max_mb}: must be positive")
     swarm = swarm_from_args(args)
     spec = swarm.spec
-    keep = parse_rounds(args.param_rounds, spec["train"]["rounds"]) if args.save_params else ()
+    keep = parse_rounds(args.param_rounds, spec.train.rounds) if args.save_params else ()
     results, kept = forecast(swarm, "flow" if args.flow else "discrete", keep=keep,
                              max_bytes=int(args.max_mb * 2**20), kernel_dtype=None if args.kernel_dtype == "auto" else args.kernel_dtype)
     write_json(args.out, results)
@@ -61,15 +61,15 @@ def run(args) -> int:
         order = sorted(kept)
         write_npz(args.save_params, rounds=np.array(order), theta=np.stack([kept[r] for r in order]))
     if not args.quiet:
-        t, lr = spec["train"], results["lr_max"]
-        print(f"predict ({results['mode']}): {swarm.n_agents} agents, {spec['network']['topology']}, "
-              f"{t['algorithm'].upper()} lr={t['lr']}, {t['rounds']} rounds, P={swarm.cfg.num_params}, "
+        t, lr = spec.train, results["lr_max"]
+        print(f"predict ({results['mode']}): {swarm.n_agents} agents, {spec.network.topology}, "
+              f"{t.algorithm.upper()} lr={t.lr}, {t.rounds} rounds, P={swarm.cfg.num_params}, "
               f"{results['kernel_dtype']} kernel, {results['timings']['total_s']:.3f}s")
         print(loss_table(results))
-        print(f"lr_max: dgd {lr['dgd']:.4g}, atc {lr['atc']:.4g}, cta {lr['cta']:.4g}")
-        if not results["stable"]:
-            print(f"warning: train.lr = {t['lr']} exceeds lr_max = {lr[t['algorithm']]:.4g} for "
-                  f"{t['algorithm'].upper()}: the rounds diverge", file=sys.stderr)
+        print(lr_max_line(lr))
+        if results["stable"] is False:
+            print(f"warning: train.lr = {t.lr} exceeds lr_max = {lr[t.algorithm]:.4g} for "
+                  f"{t.algorithm.upper()}: the rounds diverge", file=sys.stderr)
     extra = [p for p in (args.save_problem, args.save_params) if p]
     print(f"wrote {args.out}" + "".join(f" and {p}" for p in extra))
     return 0

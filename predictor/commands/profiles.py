@@ -4,6 +4,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from agent.device import params_at_width
 from agent.model import ModelConfig
 from firmware_profiles.apply import (estimate_memory, estimate_round_time, format_bytes,
                                      largest_width)
@@ -76,7 +77,7 @@ def run_show(args) -> int:
     work = dict(n_params=cfg.num_params, width=args.width, depth=args.depth, d=args.d, k=args.k,
                 batch=args.batch, n_neighbours=args.neighbours, dtype_bytes=p.dtype_bytes)
     mem = estimate_memory(p, **work)
-    t = estimate_round_time(p, **work, algorithm="dgd")
+    t = estimate_round_time(p, **work)  # one array per message (DGD, ATC, CTA; GT sends two)
     print("\n# derived")
     print(f"compute on {p.compute_device}: {p.effective_gflops:.1f} effective of "
           f"{p.peak_gflops:g} peak GFLOPS (float32), {p.threads} threads, kernels {p.kernels}")
@@ -88,7 +89,7 @@ def run_show(args) -> int:
     fits = "fits the budget" if mem["total"] <= p.budget_bytes else "OVER the budget"
     print(f"  memory {format_bytes(mem['total'])}, {fits} (parameters {format_bytes(mem['parameters'])}, "
           f"activations {format_bytes(mem['activations'])}, messages {format_bytes(mem['messages'])})"
-          f"; widest model that fits the budget: {largest_width(p.budget_bytes, mem) or '-'}")
+          f"; widest model that fits the budget: {largest_width(p.budget_bytes, mem, params_at_width(cfg)) or '-'}")
     print(f"  round {t['total_s']:.4g} s = compute {t['compute_s']:.4g} s + comm {t['comm_s']:.4g} s "
           f"({args.neighbours} x {t['message_bytes']:.0f} bytes)")
     return 0

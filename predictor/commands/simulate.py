@@ -19,14 +19,14 @@ def register(sub) -> None:
 def run(args) -> int:
     swarm = swarm_from_args(args)
     spec = swarm.spec
-    bar = ProgressBar(spec["train"]["rounds"], "simulate", enabled=not args.quiet)
+    bar = ProgressBar(spec.train.rounds, "simulate", enabled=not args.quiet)
     results = simulate(swarm, progress=bar.update)
     bar.close()
     write_json(args.out, results)
     if not args.quiet:
-        t = spec["train"]
-        print(f"simulate: {swarm.n_agents} agents, {spec['network']['topology']}, {t['algorithm'].upper()} "
-              f"lr={t['lr']}, {t['rounds']} rounds, P={swarm.cfg.num_params} ({t['dtype']}), "
+        t = spec.train
+        print(f"simulate: {swarm.n_agents} agents, {spec.network.topology}, {t.algorithm.upper()} "
+              f"lr={t.lr}, {t.rounds} rounds, P={swarm.cfg.num_params} ({t.dtype}), "
               f"{results['timings']['total_s']:.2f}s")
         print(loss_table(results))
         if results["diverged_at_round"] is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from coordinator_free.common.files import write_json
-from predictor.commands import add_spec_args, swarm_from_args
+from predictor.commands import add_spec_args, lr_max_line, swarm_from_args
 from predictor.forecast import kernel_problem
 from predictor.stability import stability_report
 
@@ -13,7 +13,7 @@ from predictor.stability import stability_report
 def register(sub) -> None:
     p = sub.add_parser("stability", help="stability of the linearised dynamics and lr_max per algorithm",
                        description="Check W, Proposition 1 (minimality, max real eigenvalue of the reduced "
-                                   "A - I), the discrete spectral radius, and lr_max for DGD, ATC and CTA.")
+                                   "A - I), the discrete spectral radius, and lr_max for every registered algorithm.")
     add_spec_args(p, "runs/stability.json")
     p.set_defaults(func=run)
 
@@ -23,7 +23,7 @@ def run(args) -> int:
     spec = swarm.spec
     t0 = time.perf_counter()
     kp = kernel_problem(swarm)
-    report = stability_report(kp, spec["train"]["algorithm"], float(spec["train"]["lr"]))
+    report = stability_report(kp, spec.train.algorithm, float(spec.train.lr))
     report["spec"] = spec
     report["seconds"] = time.perf_counter() - t0
     write_json(args.out, report)
@@ -34,6 +34,6 @@ def run(args) -> int:
         print(f"minimal (reduced coordinates): {report['minimal']}")
         print(f"max real eigenvalue of A - I ({report['algorithm'].upper()}): {fmt(report['max_real_eig'])}")
         print(f"spectral radius of A at lr={report['lr']}: {fmt(report['spectral_radius'])}")
-        print(f"lr_max: dgd {lr['dgd']:.6g}, atc {lr['atc']:.6g}, cta {lr['cta']:.6g}")
+        print(lr_max_line(lr, 6))
     print(f"wrote {args.out}")
     return 0

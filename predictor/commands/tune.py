@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
-from coordinator_free.common.files import write_json, write_text
-from coordinator_free.progress import ProgressBar
-from coordinator_free.spec import dumps_toml, load_spec, parse_override, resolve
+from agent.node import load_node, node_table
+from agent.spec import load_spec, parse_override
 from coordinator_free.common.errors import UserError
-from coordinator_free.common.files import read_toml
+from coordinator_free.common.files import read_toml, write_json, write_toml
+from coordinator_free.progress import ProgressBar
 from predictor.tune import parse_grid, tune, tune_table
 
 
@@ -18,13 +19,10 @@ def _spec_or_node(path: str | None, overrides: list[str]):
     """(spec, node or None): a node file is recognised by its ``bind`` key; --set applies to its spec."""
     if path is None or "bind" not in read_toml(path, f"spec or node file {path}"):
         return load_spec(path, overrides), None
-    from agent.node import load_node
     node = load_node(path)
-    raw = {sec: dict(body) for sec, body in node.spec.items()}
-    for text in overrides:
-        sec, key, value = parse_override(text)
-        raw.setdefault(sec, {})[key] = value
-    node.spec = resolve(raw, f"node file {path} [spec]")
+    if overrides:
+        node = node.replace(spec=node.spec.updated(dict(parse_override(t) for t in overrides),
+                                                   f"node file {path} [spec]"))
     return node.spec, node
 
 
@@ -64,7 +62,7 @@ def run(args) -> int:
     if args.budget_seconds is not None and args.budget_seconds <= 0:
         raise UserError(f"--budget-seconds {args.budget_seconds}: must be positive")
     spec, node = _spec_or_node(args.spec, args.overrides)
-    profile = args.profile or (spec["device"]["profiles"][0] if spec["device"]["profiles"] else None) \
+    profile = args.profile or (spec.device.profiles[0] if spec.device.profiles else None) \
         or (node.profile if node is not None else None)
     bar = ProgressBar(1, "tune", enabled=not args.quiet)
 
@@ -75,16 +73,16 @@ def run(args) -> int:
     bar.close()
     out = Path(args.out)
     spec_path = out.with_suffix(".spec.toml")
-    write_text(spec_path, dumps_toml(result["spec"]))
+    write_toml(spec_path, result["spec"].to_dict())
     result["spec_file"] = str(spec_path)
-    if node is not None and "\n[spec]" in "\n" + node.source.read_text():
-        print(f"note: {node.source} has an inline [spec] table; point it at {spec_path} or copy the values")
-    elif node is not None:  # a ready node file: the board's own, pointing at the tuned spec
-        text = node.source.read_text()
-        lines = [f"spec = {json.dumps(str(spec_path.resolve()))}" if ln.split("=")[0].strip() == "spec" else ln
-                 for ln in text.splitlines()]
+    if node is not None:  # a ready node file: the board's own, pointing at the tuned spec, paths relative to it
         node_path = out.with_suffix(".node.toml")
-        write_text(node_path, "\n".join(lines) + "\n")
+        table = node_table(node)
+        for key in ("data", "test", "out", "log", "checkpoint"):
+            if key in table:
+                table[key] = os.path.relpath(table[key], node_path.parent)
+        table["spec"] = os.path.relpath(spec_path, node_path.parent)
+        write_toml(node_path, table)
         result["node_file"] = str(node_path)
     write_json(out, result)
     if not args.quiet:
@@ -101,7 +99,7 @@ def run_local(args) -> int:
     from agent.node import load_node
     from predictor.tune import LocalRunner
     node = load_node(args.node)
-    t = node.spec["train"]
+    t = node.spec.train
     runner = LocalRunner(node.spec, node)
     delta, rho, observed = None, 0.0, []
     if args.observed:
@@ -110,13 +108,13 @@ def run_local(args) -> int:
                         if line.strip()]
         except (OSError, ValueError, KeyError) as err:
             raise UserError(f"--observed {args.observed}: not an agent round log ({err})") from None
-        delta, rho = runner.lf.recalibrate(observed, t["algorithm"], float(t["lr"]))
-    f = runner.lf.forecast(t["algorithm"], float(t["lr"]), t["rounds"], *(() if delta is None else (delta, rho)))
+        delta, rho = runner.lf.recalibrate(observed, t.algorithm, float(t.lr))
+    f = runner.lf.forecast(t.algorithm, float(t.lr), t.rounds, *(() if delta is None else (delta, rho)))
     f.update({"kind": "predict-local", "recalibrated_on_rounds": max(len(observed) - 1, 0),
               "lr_max": runner.lr_max, "spec": node.spec})
     write_json(args.out, f)
     L = np.asarray(f["train_loss"])
-    print(f"agent {node.id}: forecast train loss {L[0]:.4g} -> {L[-1]:.4g} after {t['rounds']} rounds "
+    print(f"agent {node.id}: forecast train loss {L[0]:.4g} -> {L[-1]:.4g} after {t.rounds} rounds "
           f"(assumption: {f['assumption']}; delta_scale={f['delta_scale']}, rho={f['rho']})")
     print(f"wrote {args.out}")
     return 0

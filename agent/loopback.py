@@ -1,8 +1,8 @@
-"""From a swarm spec to real agent processes: per-device data and node files, and a loopback run.
+"""The loopback swarm: a spec's agents as real OS processes on 127.0.0.1, and their results.
 
 ``write_node_files`` writes what each device needs (its data .npz, the shared test set, the spec
-and its node file); ``run_loopback`` starts them as OS processes on 127.0.0.1 through
-coordinator_free.loopback and gathers their logs into the results JSON of DESIGN section 6.
+and its node file); ``run_loopback`` starts them as OS processes through coordinator_free.launcher
+and gathers their logs into the results JSON of docs/design.md, section 6.
 """
 from __future__ import annotations
 
@@ -15,17 +15,13 @@ from typing import Callable
 
 import numpy as np
 
-from agent.__main__ import EXIT_ADDRESS_IN_USE
+from agent.device import THREAD_CAP_VAR
+from agent.node import NodeConfig, node_table
 from agent.swarm import Swarm
-from coordinator_free.common.files import write_npz, write_text
-from coordinator_free.loopback import Job, launch
-from coordinator_free.spec import dumps_toml
+from coordinator_free.common.errors import EXIT_ADDRESS_IN_USE, UserError
+from coordinator_free.common.files import write_npz, write_toml
+from coordinator_free.launcher import Job, launch
 from coordinator_free.transport import free_tcp_port
-from coordinator_free.common.errors import UserError
-
-
-def _toml_str(value) -> str:
-    return json.dumps(str(value))
 
 
 def write_node_files(swarm: Swarm, workdir: Path, addresses: list[str], *, round_deadline: float = 30.0,
@@ -37,24 +33,19 @@ def write_node_files(swarm: Swarm, workdir: Path, addresses: list[str], *, round
     ``extra`` adds keys to every node file and ``per_agent[q]`` to agent q's only (e.g. a profile).
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    write_text(workdir / "spec.toml", dumps_toml(swarm.spec))
+    write_toml(workdir / "spec.toml", swarm.spec.to_dict())
     p = swarm.problem
     write_npz(workdir / "test.npz", X=p.X_test, Y=p.Y_test)
     paths = []
     for q in range(swarm.n_agents):
         X, Y = p.agent_data(q)
         write_npz(workdir / f"agent{q}.npz", X=X, Y=Y)
-        keys = {"id": q, "bind": addresses[q], "data": f"agent{q}.npz", "test": "test.npz", "spec": "spec.toml",
-                "out": f"agent{q}.json", "log": f"agent{q}.jsonl", "checkpoint": f"agent{q}.ckpt.npz",
-                "checkpoint_every": 10, "round_deadline": round_deadline,
-                "handshake_timeout": handshake_timeout, **(extra or {}),
-                **(per_agent[q] if per_agent and q < len(per_agent) else {})}
-        lines = [f"{k} = {_toml_str(v) if isinstance(v, (str, Path)) else json.dumps(v)}" for k, v in keys.items()]
-        lines.append("\n[peers]")
-        lines += [f"{r} = {_toml_str(addresses[r])}" for r in sorted(swarm.graph.neighbors(q))]
-        path = workdir / f"node{q}.toml"
-        write_text(path, "\n".join(lines) + "\n")
-        paths.append(path)
+        node = NodeConfig(id=q, bind=addresses[q], data=f"agent{q}.npz", test="test.npz", spec="spec.toml",
+                          out=f"agent{q}.json", log=f"agent{q}.jsonl", checkpoint=f"agent{q}.ckpt.npz",
+                          checkpoint_every=10, round_deadline=round_deadline, handshake_timeout=handshake_timeout,
+                          peers={r: addresses[r] for r in sorted(swarm.graph.neighbors(q))})
+        node = node.replace(**(extra or {}), **(per_agent[q] if per_agent and q < len(per_agent) else {}))
+        paths.append(write_toml(workdir / f"node{q}.toml", node_table(node)))
     return paths
 
 
@@ -74,20 +65,21 @@ def agent_environment(n_agents: int) -> dict:
 
     Multithreaded OpenBLAS on an oversubscribed host is catastrophic: a 40 x 1024 gradient step
     measured 0.3 ms with one thread and 30 ms with two on a busy 2-core machine.
-    P2PNTK_THREAD_CAP tells an agent with a device profile not to raise its threads above this.
+    P2PNTK_THREAD_CAP (``agent.device.THREAD_CAP_VAR``) tells an agent with a device profile not to
+    raise its threads above this.
     """
     cap = str(max(1, (os.cpu_count() or 1) // n_agents))
-    return {**os.environ, **{v: cap for v in THREAD_VARS}, "P2PNTK_THREAD_CAP": cap}
+    return {**os.environ, **{v: cap for v in THREAD_VARS}, THREAD_CAP_VAR: cap}
 
 
 def run_loopback(swarm: Swarm, workdir: Path, *, timeout: float = 600.0, round_deadline: float = 30.0,
                  progress: Callable[[int, int], None] | None = None, attempts: int = 3,
                  extra: dict | None = None, per_agent: list[dict] | None = None) -> dict:
     """Run the swarm as N agent processes on 127.0.0.1; return the results dict (kind "loopback")."""
-    rounds = swarm.spec["train"]["rounds"]
-    device = swarm.spec["device"]
-    if device["profiles"] and per_agent is None:
-        per_agent = [{"profile": device["profiles"][q % len(device["profiles"])], "emulate": device["emulate"]}
+    rounds = swarm.spec.train.rounds
+    device = swarm.spec.device
+    if device.profiles and per_agent is None:
+        per_agent = [{"profile": device.profiles[q % len(device.profiles)], "emulate": device.emulate}
                      for q in range(swarm.n_agents)]
     for attempt in range(attempts):
         nodes = write_node_files(swarm, workdir, loopback_addresses(swarm.n_agents), round_deadline=round_deadline,
@@ -112,12 +104,12 @@ def run_loopback(swarm: Swarm, workdir: Path, *, timeout: float = 600.0, round_d
 
 
 def collect_results(swarm: Swarm, workdir: Path, wall: float) -> dict:
-    """Merge agentQ.json / agentQ.jsonl into the results JSON of DESIGN section 6."""
+    """Merge agentQ.json / agentQ.jsonl into the results JSON of docs/design.md, section 6."""
     per = [json.loads((workdir / f"agent{q}.json").read_text()) for q in range(swarm.n_agents)]
     logs = [[json.loads(line) for line in (workdir / f"agent{q}.jsonl").read_text().splitlines()]
             for q in range(swarm.n_agents)]
     round_s = [[r["round_s"] for r in lg[1:]] for lg in logs]
-    out = {"kind": "loopback", "spec": swarm.spec}
+    out = {"kind": "loopback", "spec": swarm.spec.to_dict()}
     for key in ("train_loss", "test_loss", "test_accuracy"):
         out[key] = [a[key] for a in per]
     out["final_test_accuracy"] = [a["test_accuracy"][-1] for a in per]
@@ -125,7 +117,7 @@ def collect_results(swarm: Swarm, workdir: Path, wall: float) -> dict:
                                         "dropped", "neighbours", "profile") if k in a} for a in per]
     for a, r in zip(out["agents"], round_s):
         a["mean_round_s"] = float(np.mean(r)) if r else 0.0
-    rounds = max(swarm.spec["train"]["rounds"], 1)
+    rounds = max(swarm.spec.train.rounds, 1)
     out["bytes_per_round"] = float(np.sum([a["bytes_sent"] for a in per]) / rounds)
     out["n_params"], out["model_hash"] = per[0]["n_params"], per[0]["model_hash"]
     out["timings"] = {"total_s": wall, "per_round_s": float(np.mean([np.mean(r) for r in round_s if r] or [0.0])),

@@ -1,0 +1,77 @@
+"""The one round loop: what every agent does each round, whatever carries its messages.
+
+``agent_round`` runs one round of a registered algorithm (agent.algorithms) for agent q, given a
+gossip (coordinator_free.gossip: ZeroMQ, in-process, or emulated) and q's mixing row; ``run_rounds``
+repeats it from theta_0. The agent process and the simulator both call ``run_rounds``; they differ
+only in the gossip they pass and in what they do with each round's record (docs/design.md, section 4).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from agent.algorithms import Algorithm, Arrays, combine, round_step
+from coordinator_free.gossip import Gossip
+from coordinator_free.topology import live_row
+
+
+@dataclass
+class RoundTimes:
+    """Seconds spent in the last round: computing (``step_s``) and in the gossip (``exchange_s``)."""
+
+    step_s: float = 0.0
+    exchange_s: float = 0.0
+    received_from: list[int] = field(default_factory=list)
+
+
+def agent_round(alg: Algorithm, state: Arrays, grad_at: Callable[[np.ndarray], np.ndarray], alpha: float,
+                gossip: Gossip, round_: int, row: dict[int, float], times: RoundTimes | None = None) -> Arrays:
+    """Agent ``gossip.node_id``'s next state after round ``round_``.
+
+    ``row`` is its mixing row {r: w_qr} on the full graph; the weight of a neighbour that sent nothing
+    this round (suspected or departed) goes to the agent itself (``live_row``), which keeps W symmetric
+    and doubly stochastic on the live graph. The combination is over [self, neighbours in id order].
+    """
+    me = gossip.node_id
+    t_start, exchange = time.perf_counter(), 0.0
+
+    def mix(out: Arrays) -> Arrays:
+        nonlocal exchange
+        t0 = time.perf_counter()
+        received = gossip.exchange(round_, out)
+        exchange = time.perf_counter() - t0
+        weights = live_row(row, set(received), me)
+        ids = sorted(received)
+        w = np.array([weights[me]] + [weights[r] for r in ids])
+        if times is not None:
+            times.received_from = ids
+        return tuple(combine(w, np.stack([out[i]] + [received[r][i] for r in ids])) for i in range(len(out)))
+
+    state = round_step(alg, state, grad_at, alpha, mix)
+    if times is not None:
+        times.exchange_s, times.step_s = exchange, time.perf_counter() - t_start - exchange
+    return state
+
+
+def run_rounds(alg: Algorithm, theta0: np.ndarray, grad: Callable[[np.ndarray, int], np.ndarray], alpha: float,
+               rounds: int, gossip: Gossip, row: dict[int, float],
+               on_round: Callable[[int, Arrays, RoundTimes], None], start: int = 0,
+               state: Arrays | None = None) -> Arrays:
+    """Rounds ``start`` .. ``rounds`` - 1 of ``alg`` from theta_0 (or from ``state``); returns the last state.
+
+    ``grad(theta, k)`` is grad L_q on round k's batch. ``on_round(k, state, times)`` is called for
+    k = start .. rounds, before round k's update (k = rounds: the final state), with the timings of the
+    round that produced it: logging, checkpoints, progress and emulation hook in there.
+    """
+    state = alg.init(theta0, lambda t: grad(t, start)) if state is None else state
+    times = RoundTimes()
+    for k in range(start, rounds + 1):
+        on_round(k, state, times)
+        if k == rounds:
+            break
+        times = RoundTimes()
+        state = agent_round(alg, state, lambda t, k=k: grad(t, k), alpha, gossip, k, row, times)
+    return state
