@@ -18,8 +18,11 @@ from agent.swarm import Swarm
 from coordinator_free.gossip import InProcessHub
 
 
-def simulate(swarm: Swarm, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Train the swarm for ``train.rounds`` rounds; return the results dict (kind "simulate")."""
+def simulate(swarm: Swarm, progress: Callable[[int, int], None] | None = None, keep_theta: bool = False) -> dict:
+    """Train the swarm for ``train.rounds`` rounds; return the results dict (kind "simulate").
+
+    ``keep_theta`` adds "theta": every agent's final parameters, an (N, P) array.
+    """
     train = swarm.spec.train
     alg, rounds, N = ALGORITHMS[train.algorithm], train.rounds, swarm.n_agents
     learners = swarm.learners()
@@ -29,6 +32,7 @@ def simulate(swarm: Swarm, progress: Callable[[int, int], None] | None = None) -
     history: list[dict[str, list[float]]] = [{} for _ in range(N)]
     diverged: list[int | None] = [None] * N
     step_seconds = [0.0] * N
+    final: list[np.ndarray | None] = [None] * N
     errors: list[BaseException] = []
 
     def agent(q: int) -> None:
@@ -40,6 +44,8 @@ def simulate(swarm: Swarm, progress: Callable[[int, int], None] | None = None) -
                 diverged[q] = k
             if progress and q == 0 and k > 0:
                 progress(k, rounds)
+            if k == rounds:
+                final[q] = state[0]
         try:
             with np.errstate(over="ignore", invalid="ignore"):
                 run_rounds(alg, theta0, learners[q].grad, float(train.lr), rounds, hub.endpoint(q), rows[q], on_round)
@@ -58,9 +64,12 @@ def simulate(swarm: Swarm, progress: Callable[[int, int], None] | None = None) -
     total = time.perf_counter() - t0
     merged = {key: [h[key] for h in history] for key in history[0]}
     first = [d for d in diverged if d is not None]
-    return {"kind": "simulate", "spec": swarm.spec.to_dict(), **merged,
+    out = {"kind": "simulate", "spec": swarm.spec.to_dict(), **merged,
             "final_test_accuracy": [h[-1] for h in merged.get("test_accuracy", [])],
             "diverged_at_round": min(first) if first else None,
             "n_params": swarm.cfg.num_params, "model_hash": swarm.cfg.hash(),
             "timings": {"total_s": total, "train_steps_s": max(step_seconds),
                         "per_round_s": max(step_seconds) / max(rounds, 1)}}
+    if keep_theta:
+        out["theta"] = np.stack(final)
+    return out

@@ -67,7 +67,7 @@ def lr_max(kp: KernelProblem, algorithm: str, verify: bool = False) -> float | N
     rule = algorithm_record(algorithm).lr_max
     W = np.asarray(kp.W, dtype=float)
     if rule is None:
-        return _verified(kp, algorithm, float("inf")) if reduced_states(kp, algorithm) <= MAX_SEARCH_STATES else None
+        return float(_verified(kp, algorithm, float("inf"))) if reduced_states(kp, algorithm) <= MAX_SEARCH_STATES else None
     if not np.allclose(W, W.T, rtol=0, atol=1e-12):
         return _verified(kp, algorithm, float("inf"))
     if np.linalg.eigvalsh(W)[0] <= -1 + 1e-12:

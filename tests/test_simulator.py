@@ -17,6 +17,9 @@ CONFIGS = {
     "cta-complete-affine": ["train.algorithm=cta", "network.topology=complete", "model.kind=affine"],
     "dgd-path-3v8": ["train.algorithm=dgd", "network.topology=path", "data.classes=[3,8]", "model.width=64",
                      "model.activation=erf"],
+    "gt-star-mlp2-3cls": ["train.algorithm=gt", "network.topology=star", "model.kind=mlp", "model.depth=2",
+                          "model.width=48", "data.classes=[0,1,2]"],
+    "gt-cycle-affine": ["train.algorithm=gt", "network.topology=cycle", "model.kind=affine"],
 }
 
 
