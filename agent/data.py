@@ -20,7 +20,7 @@ from coordinator_free.common.errors import UserError
 
 @dataclass
 class Problem:
-    """Exactly what a swarm trains on (DESIGN section 6 problem file, less theta0 and W)."""
+    """Exactly what a swarm trains on (docs/design.md, section 6 problem file, less theta0 and W)."""
 
     X_train: np.ndarray        # (M, d)
     Y_train: np.ndarray        # (M, k)
@@ -165,7 +165,7 @@ PROBLEM_ARRAYS = ("X_train", "Y_train", "agent_of_sample", "X_test", "Y_test", "
 
 
 def save_problem(path, problem: Problem, theta0: np.ndarray, W: np.ndarray) -> None:
-    """The problem file of DESIGN section 6: exactly what was trained on, for independent checks."""
+    """The problem file of docs/design.md, section 6: exactly what was trained on, for independent checks."""
     write_npz(path, X_train=problem.X_train, Y_train=problem.Y_train,
               agent_of_sample=problem.agent_of_sample, X_test=problem.X_test, Y_test=problem.Y_test,
               theta0=theta0, W=W)

@@ -47,7 +47,7 @@ class LocalLearner:
         return self.kernels.loss_and_grad(theta, X, Y)[1]
 
     def evaluate(self, theta: np.ndarray) -> dict:
-        """train_loss on own data, test_loss and test_accuracy on the shared test set (DESIGN section 6)."""
+        """train_loss on own data, test_loss and test_accuracy on the shared test set (docs/design.md, section 6)."""
         F = self.kernels.forward(theta, self.X_eval)
         out = {"train_loss": loss_from_outputs(F[:self.n], self.Y),
                "train_accuracy": accuracy(F[:self.n], self.Y)}

@@ -1,4 +1,4 @@
-"""Wide models in the NTK parameterisation (DESIGN section 3): affine and MLP, numpy only.
+"""Wide models in the NTK parameterisation (docs/design.md, section 3): affine and MLP, numpy only.
 
 The flat parameter vector theta is the wire layout: W_1, b_1, ..., W_depth, b_depth, W_out, b_out,
 each row-major. Forward, hand-written backward and the loss L = 1/(2n) sum ||f(x) - y||^2 are pure
@@ -26,7 +26,7 @@ _TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of the model: input dim d, output dim k, and the DESIGN section 3 hyperparameters.
+    """Architecture of the model: input dim d, output dim k, and the docs/design.md, section 3 hyperparameters.
 
     ``kind = "affine"`` (or ``depth = 0``) is f(x) = (w_std/sqrt(d)) x @ W + b_std b.
     """
@@ -240,7 +240,7 @@ def _backward(cfg: ModelConfig, theta: np.ndarray, cache, h_last: np.ndarray, dF
 
 
 def loss_from_outputs(F: np.ndarray, Y: np.ndarray) -> float:
-    """L = 1/(2n) sum_i ||f(x_i) - y_i||^2 (DESIGN section 3), as a Python float."""
+    """L = 1/(2n) sum_i ||f(x_i) - y_i||^2 (docs/design.md, section 3), as a Python float."""
     R = F - Y
     return float(np.vdot(R, R)) / (2 * F.shape[0])
 

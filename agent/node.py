@@ -14,6 +14,7 @@ round_deadline = 10.0                # seconds to wait for neighbours each round
 handshake_timeout = 60.0
 profile = "raspberry-pi-4b"          # optional device profile (threads, dtype, kernels, emulation)
 emulate = false                      # shape sends/slow compute like the profile (loopback)
+transport = "zmq"                    # a registered board transport (coordinator_free.gossip)
 schema_version = 1                   # node file format version (optional)
 [peers]                              # static peer table: neighbour id -> address
 1 = "tcp://10.0.0.11:5555"
@@ -28,10 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from agent.spec import Spec, load_spec, resolve
+from agent.spec import load_spec, resolve
 from coordinator_free.common.errors import UserError
 from coordinator_free.common.files import read_npz, read_toml
-from coordinator_free.common.schema import Bad, Record, flag, integer, number, one_of, setting, text
+from coordinator_free.common.schema import (Bad, Record, flag, from_user_check, integer, number, one_of, setting,
+                                            text, version)
+from coordinator_free.gossip import DEFAULT_TRANSPORT, check_transport
 
 SCHEMA_VERSION = 1
 _PATH_KEYS = ("data", "test", "out", "log", "checkpoint")
@@ -69,12 +72,6 @@ def _peers(key: str, value: Any) -> dict[int, str]:
     return out
 
 
-def _version(key: str, value: Any) -> int:
-    if value != SCHEMA_VERSION or isinstance(value, bool):
-        raise Bad(f"{key} = {value!r}: this p2pntk reads node file schema version {SCHEMA_VERSION}")
-    return value
-
-
 @dataclass(frozen=True)
 class NodeConfig(Record):
     """One device's node file. Paths are relative to the node file until ``load_node`` anchors them."""
@@ -96,7 +93,8 @@ class NodeConfig(Record):
     profile: str | None = setting(None, text, "device profile name or path")
     emulate: bool = setting(False, flag, "shape sends and slow compute like the profile (loopback)")
     discovery: str = setting("static", one_of("static", "zeroconf"), "static peers or zeroconf discovery")
-    schema_version: int = setting(SCHEMA_VERSION, _version, "node file format version")
+    transport: str = setting(DEFAULT_TRANSPORT, from_user_check(check_transport), "a registered board transport")
+    schema_version: int = setting(SCHEMA_VERSION, version(SCHEMA_VERSION, "node file"), "node file format version")
     source: Path = setting(Path(), doc="the node file this was read from (not a key of the file)")
 
 

@@ -1,4 +1,4 @@
-"""ONNX graphs of the DESIGN section 3 models, built by the project with ``onnx.helper``.
+"""ONNX graphs of the docs/design.md, section 3 models, built by the project with ``onnx.helper``.
 
 Three graphs per (model, dtype): ``forward`` (theta, X) -> f, ``loss_grad`` (theta, X, Y) -> (loss, grad),
 an explicit backward pass written in standard ONNX ops (no onnxruntime-training), and ``descent``
@@ -88,7 +88,7 @@ class _Graph:
 
 
 def layout(cfg: ModelConfig) -> list[dict]:
-    """Where each tensor sits in the flat theta: name, shape, offset (the wire layout, DESIGN section 3)."""
+    """Where each tensor sits in the flat theta: name, shape, offset (the wire layout, docs/design.md, section 3)."""
     out, offset = [], 0
     for name, shape in cfg.shapes():
         out.append({"name": name, "shape": list(shape), "offset": offset})

@@ -24,8 +24,8 @@ from agent.node import NodeConfig, load_local_data
 from agent.rounds import RoundTimes, run_rounds
 from agent.spec import spec_hash
 from coordinator_free.common.files import write_json, write_npz
+from coordinator_free.gossip import BoardTransport, transports
 from coordinator_free.topology import mixing_row
-from coordinator_free.transport import Transport
 
 log = logging.getLogger("p2pntk.agent")
 HISTORY_KEYS = ("train_loss", "test_loss", "test_accuracy")
@@ -51,7 +51,7 @@ class RoundLog:
 class Recorder:
     """``on_round`` of the round loop for a device: log line, history, checkpoint, emulated compute."""
 
-    def __init__(self, node: NodeConfig, learner: LocalLearner, cfg: ModelConfig, transport: Transport,
+    def __init__(self, node: NodeConfig, learner: LocalLearner, cfg: ModelConfig, transport: BoardTransport,
                  roundlog: RoundLog, hooks: DeviceHooks | None) -> None:
         self.node, self.learner, self.cfg, self.transport = node, learner, cfg, transport
         self.roundlog, self.hooks = roundlog, hooks
@@ -128,7 +128,7 @@ def _train(node: NodeConfig, learner: LocalLearner, theta0: np.ndarray, cfg: Mod
     alg = ALGORITHMS[train.algorithm]
     t_start = time.perf_counter()
     # copy_sends=False: the rules never write into a sent array (they return new ones), so zero-copy is safe
-    with RoundLog(node.log) as roundlog, Transport(
+    with RoundLog(node.log) as roundlog, transports()[node.transport](
             node.id, node.bind, peers, model_hash=cfg.hash(), spec_hash=spec_hash(spec), algorithm=alg.name,
             dtype=theta0.dtype.name, shape=(cfg.num_params,), arrays=len(alg.messages),
             deadline=node.round_deadline, copy_sends=False, logger=log) as transport:

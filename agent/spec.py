@@ -20,7 +20,7 @@ from agent.algorithms import ALGORITHMS
 from coordinator_free.common.errors import UserError
 from coordinator_free.common.files import loads_toml, read_toml
 from coordinator_free.common.schema import (Bad, Record, flag, from_user_check, integer, number, one_of,
-                                            setting)
+                                            setting, version)
 from coordinator_free.topology import check_topology, check_weights
 
 SCHEMA_VERSION = 1
@@ -62,12 +62,6 @@ def _names(key: str, value: Any) -> list[str]:
         value = [v.strip() for v in value.split(",") if v.strip()]
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise Bad(f"{key} = {value!r}: expected a list of profile names, e.g. [\"raspberry-pi-4b\"]")
-    return value
-
-
-def _version(key: str, value: Any) -> int:
-    if value != SCHEMA_VERSION or isinstance(value, bool):
-        raise Bad(f"{key} = {value!r}: this p2pntk reads spec schema version {SCHEMA_VERSION}")
     return value
 
 
@@ -131,7 +125,7 @@ class DeviceSection(Record):
 
 @dataclass(frozen=True)
 class Spec(Record):
-    schema_version: int = setting(SCHEMA_VERSION, _version, "spec file format version")
+    schema_version: int = setting(SCHEMA_VERSION, version(SCHEMA_VERSION, "spec"), "spec file format version")
     data: DataSection = setting(DataSection())
     model: ModelSection = setting(ModelSection())
     network: NetworkSection = setting(NetworkSection())

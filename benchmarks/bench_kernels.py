@@ -1,6 +1,6 @@
 """Train-step time (loss + flat gradient) of the numpy and ONNX Runtime backends against torch CPU autograd.
 
-The same float32 model (DESIGN section 3, NTK parameterisation) and the same batch go to each backend;
+The same float32 model (docs/design.md, section 3, NTK parameterisation) and the same batch go to each backend;
 each backend runs in blocks of steps, the blocks rotated between backends, and the median step is kept.
 Run: ``python benchmarks/bench_kernels.py --widths 1024 4096 16384 --batches 32 256``.
 Torch is the host-side reference only; it is imported here, never by the board runtime.

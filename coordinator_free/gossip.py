@@ -1,19 +1,30 @@
-"""The gossip interface of the round loop, and its in-process implementation.
+"""The gossip interface of the round loop, the registry of board transports, and the in-process gossip.
 
 An agent's round (``agent.rounds``) needs one thing from the network: ``exchange(round, arrays)``,
 which sends this agent's arrays to its live neighbours and returns theirs for the same round,
 ``{neighbour id: arrays}``. Implementations: ``coordinator_free.transport.Transport`` (ZeroMQ, real
 boards and loopback), ``InProcessHub`` below (the simulator, and fast tests of protocol logic) and
 ``firmware_profiles.emulation.ShapedGossip`` (a wrapper that shapes the link like a board's).
+
+A transport a board can run (``BoardTransport``: handshake, counters, BYE) registers itself under
+the name a node file's ``transport`` key uses, with ``@register_transport("name")``, in a module of
+this package whose name ends in ``transport``; ``transports()`` finds those modules, so adding a
+transport means adding one file.
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import threading
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
+from coordinator_free.common.errors import UserError
+
 Arrays = tuple[np.ndarray, ...]
+DEFAULT_TRANSPORT = "zmq"
+_TRANSPORTS: dict[str, Callable[..., "BoardTransport"]] = {}
 
 
 class Gossip(Protocol):
@@ -24,6 +35,52 @@ class Gossip(Protocol):
     def exchange(self, round: int, arrays: Arrays) -> dict[int, Arrays]:
         """Send ``arrays`` as round ``round``; return each live neighbour's round-``round`` arrays."""
         ...
+
+
+class BoardTransport(Gossip, Protocol):
+    """What the agent process needs from a transport besides ``exchange`` (``Transport`` is the model).
+
+    Built as ``cls(node_id, bind, peers, *, model_hash, spec_hash, algorithm, dtype, shape, arrays,
+    deadline, copy_sends, logger)`` and used as a context manager (closing its sockets on exit).
+    """
+
+    live: set[int]
+    suspected: set[int]
+    bytes_sent: int
+    bytes_received: int
+    wait_seconds: float
+    drop_counts: dict[str, int]
+
+    def handshake(self, degree: int, timeout: float) -> dict[int, dict]: ...
+
+    def message_bytes(self, round: int, arrays: Arrays) -> int: ...
+
+    def bye(self) -> None: ...
+
+
+def register_transport(name: str):
+    """Class decorator: make a BoardTransport available to node files as ``transport = "name"``."""
+    def register(cls):
+        _TRANSPORTS[name] = cls
+        return cls
+    return register
+
+
+def transports() -> dict[str, Callable[..., BoardTransport]]:
+    """Every registered board transport, by name (imports this package's ``*transport`` modules once)."""
+    package = __name__.rpartition(".")[0]
+    for module in pkgutil.iter_modules(importlib.import_module(package).__path__):
+        if module.name.endswith("transport"):
+            importlib.import_module(f"{package}.{module.name}")
+    return dict(_TRANSPORTS)
+
+
+def check_transport(name: object) -> str:
+    """A node file's ``transport`` value, checked against the registry."""
+    known = transports()
+    if name not in known:
+        raise UserError(f"transport = {name!r}: expected one of {', '.join(sorted(known))}")
+    return name
 
 
 class InProcessHub:

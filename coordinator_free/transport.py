@@ -45,6 +45,7 @@ import zmq
 
 from coordinator_free.wire import MAX_HEADER_BYTES, Expect, WireError, decode, encode
 from coordinator_free.common.errors import AddressInUse, UserError
+from coordinator_free.gossip import register_transport
 
 ROUND_WINDOW = 8  # params for rounds up to current + ROUND_WINDOW are buffered; later ones dropped
 HWM = ROUND_WINDOW + 2  # messages queued per peer and direction before sends are dropped
@@ -67,6 +68,7 @@ def free_tcp_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+@register_transport("zmq")
 class Transport:
     """One agent's sockets: a PULL bound at `bind` and a PUSH to each neighbour in `peers`.
 

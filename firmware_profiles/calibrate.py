@@ -6,7 +6,6 @@ Echo protocol (ZeroMQ REQ/REP, never pickled): [b"ping", payload] -> [payload];
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform

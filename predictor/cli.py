@@ -6,25 +6,14 @@ status 2, without a traceback. Ctrl-C exits with 130 after the commands have cle
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-from coordinator_free.common.errors import UserError
+from coordinator_free.common.errors import UserError, exit_status
+from predictor.commands import (bench, compare, demo, export_onnx, loopback, predict, profiles, reproduce,
+                                simulate, stability, tune)
 
-# Each module defines register(subparsers) which sets ``func`` on its parser.
-COMMAND_MODULES = [
-    "predictor.commands.demo",
-    "predictor.commands.simulate",
-    "predictor.commands.predict",
-    "predictor.commands.stability",
-    "predictor.commands.compare",
-    "predictor.commands.reproduce",
-    "predictor.commands.bench",
-    "predictor.commands.export_onnx",
-    "predictor.commands.loopback",
-    "predictor.commands.profiles",
-    "predictor.commands.tune",
-]
+# Each module defines register(subparsers), which sets ``func`` on its parser; this is the help order.
+COMMANDS = (demo, simulate, predict, stability, compare, reproduce, bench, export_onnx, loopback, profiles, tune)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,8 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Peer-to-peer training of wide networks over ZeroMQ, with NTK forecasts of every agent's loss.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for command in COMMANDS:
+        command.register(sub)
     return parser
 
 
@@ -45,10 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as err:
         print(f"p2pntk: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
+        return exit_status(err)
+    except KeyboardInterrupt as err:
         print("p2pntk: interrupted", file=sys.stderr)
-        return 130
+        return exit_status(err)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def kernel_problem(swarm: Swarm, max_bytes: int = DEFAULT_MAX_BYTES, dtype=np.fl
 
 
 def loss_curves(kp: KernelProblem, own: np.ndarray, test: np.ndarray) -> dict[str, list[list[float]]]:
-    """Per-agent train/test loss and accuracy (DESIGN section 6) from outputs over time.
+    """Per-agent train/test loss and accuracy (docs/design.md, section 6) from outputs over time.
 
     own (R, N, m) and test (R, N, T k) are the outputs of ``discrete_rounds`` or of the flow.
     """

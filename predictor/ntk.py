@@ -1,4 +1,4 @@
-"""The empirical NTK K = J J^T of the affine and MLP models (DESIGN section 5), analytic, in numpy.
+"""The empirical NTK K = J J^T of the affine and MLP models (docs/design.md, section 5), analytic, in numpy.
 
 Exact at finite width (not the infinite-width limit), float64 by default, computed in row chunks so
 that the working memory beyond K itself stays under ``max_bytes`` (a board has 512 MB to 8 GB).

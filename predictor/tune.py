@@ -2,7 +2,7 @@
 
 ``tune(spec, budget_rounds=R)`` forecasts the swarm for every candidate on the NTK dynamics and
 returns the one with the lowest forecast loss at the budget: by default the mean over agents of
-the final training loss. Candidates never exceed the stable edge lr_max (DESIGN section 5). With a
+the final training loss. Candidates never exceed the stable edge lr_max (docs/design.md, section 5). With a
 device profile, a seconds budget becomes rounds through the profile's time per round. With a node
 file instead of a spec, the board tunes on its own data alone (predictor.local_forecast).
 """

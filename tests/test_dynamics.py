@@ -1,4 +1,4 @@
-"""The linearised dynamics (DESIGN section 5) against independent references: a parameter-space
+"""The linearised dynamics (docs/design.md, section 5) against independent references: a parameter-space
 linearisation built from the problem file with torch.func, real training of the affine model, the
 matrix exponential, an ODE solver, and (slow) wide-network training."""
 import json
@@ -27,7 +27,7 @@ SMALL = ["data.samples_per_agent=10", "data.test_samples=20", "network.agents=4"
 
 
 def parameter_space_linearisation(problem_path: str, spec: dict) -> dict:
-    """DESIGN section 5 in parameter space, round by round, from the problem file alone (torch, float64).
+    """docs/design.md, section 5 in parameter space, round by round, from the problem file alone (torch, float64).
 
     v_q = theta_q - theta_0; f = f0 + J v; H_q = J_q^T J_q / n_q, b_q = J_q^T (f0_q - y_q) / n_q:
     DGD v+ = W v - a (H v + b);  ATC v+ = W (v - a (H v + b));  CTA p = W v, v+ = p - a (H p + b);

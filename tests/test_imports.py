@@ -1,4 +1,4 @@
-"""Layering (DESIGN section 2): the board runtime never imports torch, and the packages import downwards only.
+"""Layering (docs/design.md, section 2): the board runtime never imports torch, and the packages import downwards only.
 
 Layers, lowest first: coordinator_free (its common/ is the base of everything) -> firmware_profiles -> agent
 -> predictor; benchmarks/ is a dev-only layer above predictor that nothing in the packages may import.

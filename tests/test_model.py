@@ -1,4 +1,4 @@
-"""Models against torch autograd and finite differences (DESIGN section 3)."""
+"""Models against torch autograd and finite differences (docs/design.md, section 3)."""
 import numpy as np
 import pytest
 

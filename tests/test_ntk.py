@@ -1,4 +1,4 @@
-"""The analytic empirical NTK against torch.func Jacobians and finite differences (DESIGN section 5)."""
+"""The analytic empirical NTK against torch.func Jacobians and finite differences (docs/design.md, section 5)."""
 import numpy as np
 import pytest
 

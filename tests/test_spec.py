@@ -1,4 +1,4 @@
-"""Spec loading, --set overrides and validation (DESIGN section 6)."""
+"""Spec loading, --set overrides and validation (docs/design.md, section 6)."""
 import subprocess
 import sys
 

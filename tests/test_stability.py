@@ -1,4 +1,4 @@
-"""Stability (DESIGN section 5): lr_max against real training and a brute-force spectral scan of an
+"""Stability (docs/design.md, section 5): lr_max against real training and a brute-force spectral scan of an
 independently built parameter-space system, Proposition 1 in reduced vs kernel coordinates."""
 import numpy as np
 import pytest
@@ -33,7 +33,7 @@ def test_lr_max_is_the_edge_of_stability_of_real_affine_training(alg):
 
 
 def _parameter_space_rho(J, owner, W, alg, alpha):
-    """rho of the parameter-space A of DESIGN section 5, built with kron (J full column rank: no null space)."""
+    """rho of the parameter-space A of docs/design.md, section 5, built with kron (J full column rank: no null space)."""
     N, P = W.shape[0], J.shape[1]
     H = np.zeros((N * P, N * P))
     for q in range(N):

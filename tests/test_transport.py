@@ -278,3 +278,21 @@ def test_bad_inputs_are_user_errors(make):
         make(1, t.endpoint, {})
     with pytest.raises(ValueError, match="float64"):
         t.exchange(0, np.zeros(P), deadline=0)
+
+
+def test_board_transports_are_a_registry_and_node_files_are_checked_against_it(tmp_path):
+    from agent.node import load_node
+    from coordinator_free.common.errors import UserError
+    from coordinator_free.gossip import _TRANSPORTS, check_transport, register_transport, transports
+    assert transports()["zmq"] is Transport  # found by scanning the package's *transport modules
+    (tmp_path / "spec.toml").write_text("[network]\nagents = 2\n")
+    node = tmp_path / "node.toml"
+    node.write_text('id = 0\nbind = "tcp://127.0.0.1:5555"\ndata = "a.npz"\nspec = "spec.toml"\n'
+                    'transport = "pigeon"\n[peers]\n1 = "tcp://127.0.0.1:5556"\n')
+    with pytest.raises(UserError, match="node file .*: transport = 'pigeon': expected one of zmq"):
+        load_node(node)
+    try:
+        register_transport("pigeon")(type("Pigeon", (), {}))  # one decorated class is all it takes
+        assert check_transport("pigeon") == "pigeon" and load_node(node).transport == "pigeon"
+    finally:
+        _TRANSPORTS.pop("pigeon", None)

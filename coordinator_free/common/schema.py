@@ -146,6 +146,15 @@ def text(key: str, value: Any) -> str:
     return value
 
 
+def version(current: int, what: str) -> Check:
+    """A file's ``schema_version``: only ``current`` is read ("this p2pntk reads WHAT schema version N")."""
+    def check(key: str, value: Any) -> int:
+        if value != current or isinstance(value, bool):
+            raise Bad(f"{key} = {value!r}: this p2pntk reads {what} schema version {current}")
+        return value
+    return check
+
+
 def from_user_check(fn: Callable[[str], Any]) -> Check:
     """Adapt a validator ``fn(value)`` that raises UserError (e.g. a registry's) into a Check."""
     def check(key: str, value: Any) -> Any:

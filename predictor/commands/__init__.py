@@ -15,7 +15,7 @@ def add_spec_args(parser: argparse.ArgumentParser, out_default: str) -> None:
                         help="override a spec key, e.g. --set train.lr=0.1 (value read as TOML; repeatable)")
     parser.add_argument("--out", default=out_default, help=f"results JSON (default: {out_default})")
     parser.add_argument("--save-problem", default=None, metavar="PROB.npz",
-                        help="also write the exact problem trained on (DESIGN section 6)")
+                        help="also write the exact problem trained on (docs/design.md, section 6)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or table")
 
 

@@ -1,4 +1,4 @@
-"""``p2pntk bench TARGET``: the side-by-side benchmarks of ``benchmarks/`` (DESIGN section 8).
+"""``p2pntk bench TARGET``: the side-by-side benchmarks of ``benchmarks/`` (docs/design.md, section 9).
 
 Benchmarks are a dev-only layer above the packages and live in the source checkout, not the installed
 package, so this command never imports them: it runs ``python -m benchmarks TARGET [--quick] [--out F]``
