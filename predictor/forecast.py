@@ -75,7 +75,8 @@ def forecast(swarm: Swarm, mode: str = "discrete", *, kp: KernelProblem | None =
 
     ``mode`` is "discrete" (the exact rounds) or "flow" (the gradient flow at t = 0, 1, ..., rounds).
     results has simulate's keys (train_loss, test_loss, ... per agent per round), kind "predict",
-    mode, lr_max for dgd/atc/cta (closed forms; ``lr_max_exact`` says where they are only an upper
+    mode, lr_max per algorithm (closed forms, and a dense search for this spec's algorithm if it has
+    no closed form; ``lr_max_exact`` says where a closed form is only an upper
     bound, see ``predictor.stability.lr_max``) and timings. kept maps each round in ``keep`` to theta (N, P).
     Pass ``kp`` to reuse a kernel problem already computed for the same swarm. ``kernel_dtype`` is the
     precision of the kernel computation, by default the spec's train.dtype: float64 runs are float64

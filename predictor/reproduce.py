@@ -1,5 +1,5 @@
 """The paper's experiments regenerated: Figure 1 (affine, complete graph), Figure 2 (wide MLP on cycle,
-star and complete graphs), both for DGD, ATC and CTA, a width sweep of the forecast error, and flow vs
+star and complete graphs), both for every registered algorithm, a width sweep of the forecast error, and flow vs
 discrete across learning rates. Forecasts come from ``forecast``, actual runs from ``simulate``.
 """
 from __future__ import annotations

@@ -21,10 +21,10 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help="run a benchmark (forecast vs training cost, scaling, ...)",
                        description="Run one of the benchmarks in benchmarks/ (a source checkout) and print its "
                                    "ratios. An unknown TARGET lists the known ones.")
+    p.set_defaults(func=run)
     p.add_argument("target", metavar="TARGET", help="which benchmark (an unknown one lists the known ones)")
     p.add_argument("--quick", action="store_true", help="a smaller, faster version")
     p.add_argument("--out", default=None, metavar="FILE.json", help="also write the numbers as JSON")
-    p.set_defaults(func=run)
 
 
 def command(target: str, quick: bool = False, out: str | None = None) -> list[str]:

@@ -16,7 +16,7 @@ from predictor.ntk import DEFAULT_MAX_BYTES
 def register(sub) -> None:
     p = sub.add_parser("predict", help="forecast each agent's loss trajectory with the NTK (no training)",
                        description="Forecast train/test loss per agent per round from the linearised "
-                                   "DGD/ATC/CTA dynamics in kernel space (docs/design.md, section 5).")
+                                   "dynamics of the spec's algorithm in kernel space (docs/design.md, section 5).")
     add_spec_args(p, "runs/predict.json")
     p.add_argument("--flow", action="store_true",
                    help="use the continuous gradient flow (the paper's Phi(t, t0)) instead of exact rounds")

@@ -10,7 +10,7 @@ from predictor.reproduce import WIDTHS, reproduce, summary_table
 def register(sub) -> None:
     p = sub.add_parser("reproduce", help="regenerate the paper's figures: forecast vs training",
                        description="Figure 1 (affine, complete graph) and Figure 2 (wide MLP on cycle, star, "
-                                   "complete) for DGD, ATC and CTA, plus a width sweep of the forecast error.")
+                                   "complete) for every registered algorithm, plus a width sweep of the forecast error.")
     p.add_argument("--out", default="runs/reproduce", metavar="DIR", help="output folder (default: %(default)s)")
     p.add_argument("--width", type=int, default=4096, help="MLP width of Figure 2 (default: %(default)s)")
     p.add_argument("--widths", default=",".join(map(str, WIDTHS)), metavar="LIST",
