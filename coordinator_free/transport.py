@@ -52,6 +52,8 @@ HWM = ROUND_WINDOW + 2  # messages queued per peer and direction before sends ar
 SNAPSHOTS = 3  # snapshot buffers kept for reuse once ZeroMQ is done sending them
 MAX_WAIT = 3  # a live-but-late neighbour is waited for at most MAX_WAIT x deadline
 LINGER_MS = 500  # how long close() may wait for queued messages (e.g. BYE) to go out
+LOG_BURST = 5  # dropped-message warnings logged per LOG_INTERVAL; the rest are counted and summarised
+LOG_INTERVAL = 10.0
 _HELLO_KEYS = {"v", "type", "sender", "round", "model_hash", "spec_hash", "degree", "heard",
                "reply", "algorithm", "dtype", "shape", "arrays"}
 
@@ -95,6 +97,8 @@ class Transport:
         self.departed: set[int] = set()
         self.dropped: collections.deque[tuple[str, str]] = collections.deque(maxlen=1000)
         self.drop_counts: collections.Counter[str] = collections.Counter()
+        self._log_window, self._logged = time.monotonic(), 0
+        self._suppressed: collections.Counter[str] = collections.Counter()
         self.bytes_sent = self.bytes_received = 0
         self.wait_seconds = 0.0
         self.last_round_stats: dict = {}
@@ -330,6 +334,7 @@ class Transport:
         if self._closed:
             return
         self._closed = True
+        self._summarise_drops()
         for sock in [self._pull, *self._push.values()]:
             sock.close(linger=LINGER_MS if sock is not self._pull else 0)
         if self._own_context:
@@ -361,9 +366,29 @@ class Transport:
         return True
 
     def _drop(self, category: str, reason: str, level: int) -> None:
+        """Count a dropped message; log it, at most LOG_BURST warnings per LOG_INTERVAL (then a summary)."""
         self.dropped.append((category, reason))
         self.drop_counts[category] += 1
-        self.log.log(level, "node %d: dropped message (%s): %s", self.node_id, category, reason)
+        if level < logging.WARNING:
+            self.log.log(level, "node %d: dropped message (%s): %s", self.node_id, category, reason)
+            return
+        if time.monotonic() - self._log_window >= LOG_INTERVAL:
+            self._summarise_drops()
+        if self._logged < LOG_BURST:
+            self._logged += 1
+            self.log.log(level, "node %d: dropped message (%s): %s", self.node_id, category, reason)
+        else:
+            self._suppressed[category] += 1
+
+    def _summarise_drops(self) -> None:
+        """One line for the warnings held back in the current interval, then a new interval."""
+        if self._suppressed:
+            counts = ", ".join(f"{c}: {n}" for c, n in sorted(self._suppressed.items()))
+            self.log.warning("node %d: %d more dropped messages in the last %.0f s (%s); totals so far %s",
+                             self.node_id, sum(self._suppressed.values()), time.monotonic() - self._log_window,
+                             counts, dict(self.drop_counts))
+        self._suppressed.clear()
+        self._log_window, self._logged = time.monotonic(), 0
 
     def _pump(self, timeout: float) -> None:
         """Wait up to `timeout` seconds for messages, then handle every one that has arrived."""
@@ -377,6 +402,14 @@ class Transport:
             self._handle(frames)
 
     def _handle(self, frames: list) -> None:
+        """Handle one received message; nothing a peer sends can raise out of here."""
+        try:
+            self._handle_checked(frames)
+        except Exception as e:  # noqa: BLE001 - a message must never take the agent down
+            self._drop("invalid", f"message could not be handled ({type(e).__name__}: {str(e):.80})",
+                       logging.WARNING)
+
+    def _handle_checked(self, frames: list) -> None:
         self.bytes_received += sum(len(f) for f in frames)
         expect = Expect(set(self.peers), self.model_hash, self.algorithm, {self.dtype.name},
                         self.shape, 0, self._round + ROUND_WINDOW, self.arrays)

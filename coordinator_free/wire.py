@@ -11,6 +11,10 @@ algorithm's number of messages (1 for DGD/ATC/CTA, 2 for GT: theta and the track
               arrays (int, = n)
 Array frames: the prod(shape) * itemsize bytes of each array, little-endian, C order; all arrays of
 one message share the header's dtype and shape. Version 2 added the array count (version 1 carried one).
+
+Limits, checked before anything is converted: at most MAX_HEADER_BYTES of header, MAX_BRACKETS
+brackets, numbers of at most MAX_DIGITS digits, finite floats (no NaN/Infinity), and every int field
+in [0, MAX_INT]. Whatever a peer sends, `decode` raises nothing but `WireError`.
 """
 from __future__ import annotations
 
@@ -23,6 +27,10 @@ import numpy as np
 PROTOCOL_VERSION = 2
 MESSAGE_TYPES = ("hello", "params", "bye")
 MAX_HEADER_BYTES = 65536
+MAX_BRACKETS = 32       # [ and { in one header: ours nest two deep and hold two lists
+MAX_DIGITS = 19         # a JSON number longer than this is refused before it is converted
+MAX_INT = 2**31 - 1     # every int field: ids, rounds, degrees, shape entries
+MAX_HEARD = 65536       # ids in a HELLO's heard list
 _FLOAT_DTYPES = ("float16", "float32", "float64")
 _FRAMES = {"hello": 1, "bye": 1}  # header only; params: header + `Expect.arrays` arrays
 
@@ -107,6 +115,31 @@ def _field(h: dict, name: str, kind: type):
     return value
 
 
+def _int(h: dict, name: str) -> int:
+    """An int header field in [0, MAX_INT]."""
+    value = _field(h, name, int)
+    if not 0 <= value <= MAX_INT:
+        raise WireError(f"header field '{name}' = {value} is outside [0, {MAX_INT}]", field=name, header=h)
+    return value
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_DIGITS:
+        raise ValueError(f"a number with {len(text)} digits (at most {MAX_DIGITS})")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text) if len(text) <= 32 else math.inf
+    if not math.isfinite(value):
+        raise ValueError(f"a number that is not finite or too long ({text[:20]}...)")
+    return value
+
+
+def _parse_constant(text: str) -> float:
+    raise ValueError(f"{text} is not allowed")
+
+
 def decode(frames: list, expect: Expect) -> Message:
     """Validate `frames` against `expect` and return a Message, or raise WireError (see module doc)."""
     if not frames:
@@ -114,12 +147,18 @@ def decode(frames: list, expect: Expect) -> Message:
     head = _buffer(frames[0])
     if len(head) > MAX_HEADER_BYTES:
         raise WireError(f"header is {len(head)} bytes, over the {MAX_HEADER_BYTES}-byte cap")
+    text = bytes(head)
+    if (brackets := text.count(b"[") + text.count(b"{")) > MAX_BRACKETS:
+        raise WireError(f"header has {brackets} brackets, over the cap of {MAX_BRACKETS} (headers are flat)")
     try:
-        h = json.loads(str(head, "utf-8"))
+        h = json.loads(str(text, "utf-8"), parse_int=_parse_int, parse_float=_parse_float,
+                       parse_constant=_parse_constant)
     except UnicodeDecodeError as e:
         raise WireError(f"header is not valid UTF-8 ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise WireError(f"header is not valid JSON ({e.msg} at char {e.pos})") from None
+    except (ValueError, RecursionError) as e:  # from the number hooks, or nesting the cap let through
+        raise WireError(f"header refused: {str(e):.80}") from None
     if not isinstance(h, dict):
         raise WireError(f"header is a JSON {type(h).__name__}, not an object")
     if (v := _field(h, "v", int)) != PROTOCOL_VERSION:
@@ -129,7 +168,7 @@ def decode(frames: list, expect: Expect) -> Message:
     if len(frames) != (n_frames := _FRAMES.get(kind, 1 + expect.arrays)):
         raise WireError(f"{kind} message has {len(frames)} frames, expected {n_frames}",
                         header=h)
-    if (sender := _field(h, "sender", int)) not in expect.neighbours:
+    if (sender := _int(h, "sender")) not in expect.neighbours:
         raise WireError(f"sender {sender} is not a neighbour {sorted(expect.neighbours)}",
                         field="sender", header=h)
     if (mh := _field(h, "model_hash", str)) != expect.model_hash:
@@ -137,14 +176,15 @@ def decode(frames: list, expect: Expect) -> Message:
                         field="model_hash", header=h)
     if kind == "hello":
         _field(h, "spec_hash", str)
-        if _field(h, "degree", int) < 0:
-            raise WireError(f"degree {h['degree']} < 0", field="degree", header=h)
-        if not all(isinstance(i, int) for i in _field(h, "heard", list)):
-            raise WireError("header field 'heard' must be a list of ints", field="heard", header=h)
+        _int(h, "degree")
+        heard = _field(h, "heard", list)
+        if len(heard) > MAX_HEARD or not all(type(i) is int and 0 <= i <= MAX_INT for i in heard):
+            raise WireError(f"header field 'heard' must be a list of at most {MAX_HEARD} ids in "
+                            f"[0, {MAX_INT}]", field="heard", header=h)
     if kind != "params":
         return Message(kind, sender, -1, h, None)
 
-    r = _field(h, "round", int)
+    r = _int(h, "round")
     if not expect.round_lo <= r <= expect.round_hi:
         raise WireError(f"round {r} outside window [{expect.round_lo}, {expect.round_hi}]",
                         field="round", header=h)
@@ -154,7 +194,7 @@ def decode(frames: list, expect: Expect) -> Message:
     if (dt := _field(h, "dtype", str)) not in expect.dtypes or dt not in _FLOAT_DTYPES:
         raise WireError(f"dtype {dt!r:.40} not allowed (allowed: {sorted(expect.dtypes)})",
                         field="dtype", header=h)
-    if _field(h, "arrays", int) != expect.arrays:
+    if _int(h, "arrays") != expect.arrays:
         raise WireError(f"arrays {_short(h['arrays'])} != ours {expect.arrays}", field="arrays", header=h)
     shape = _field(h, "shape", list)
     if not all(type(n) is int for n in shape) or tuple(shape) != tuple(expect.shape):
