@@ -1,7 +1,9 @@
 """``python -m agent NODE.toml``: run one device's learner (the same as ``p2pntk agent NODE.toml``).
 
 Exit status: 0 done, 2 bad input (one line on stderr), 3 the bind address is already in use
-(the loopback launcher retries with new ports), 130 interrupted.
+(the loopback launcher retries with new ports), 4 the parameters became non-finite, 130 interrupted
+(Ctrl-C), 143 terminated (SIGTERM, as systemd stops a service). On 4, 130 and 143 the agent still
+says BYE, checkpoints its last finite parameters and writes its results, marked with the reason.
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from coordinator_free.common.errors import UserError, exit_status
+from coordinator_free.common.errors import Diverged, Terminated, UserError, exit_status, sigterm_unwinds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,13 +28,13 @@ def run(node_path: str, verbose: bool = False) -> int:
     from agent.node import load_node
     from agent.process import run_node
     try:
-        node = load_node(node_path)
-        run_node(node)
-    except UserError as err:  # AddressInUse (3) tells the loopback launcher to retry with new ports
+        with sigterm_unwinds():
+            run_node(load_node(node_path))
+    except (UserError, Diverged) as err:  # AddressInUse (3) tells the loopback launcher to retry with new ports
         print(f"p2pntk agent: error: {err}", file=sys.stderr)
         return exit_status(err)
-    except KeyboardInterrupt as err:
-        print("p2pntk agent: interrupted", file=sys.stderr)
+    except (KeyboardInterrupt, Terminated) as err:
+        print(f"p2pntk agent: {'terminated' if isinstance(err, Terminated) else 'interrupted'}", file=sys.stderr)
         return exit_status(err)
     return 0
 

@@ -18,9 +18,9 @@ import numpy as np
 from agent.device import THREAD_CAP_VAR
 from agent.node import NodeConfig, node_table
 from agent.swarm import Swarm
-from coordinator_free.common.errors import EXIT_ADDRESS_IN_USE, UserError
+from coordinator_free.common.errors import EXIT_ADDRESS_IN_USE, EXIT_BAD_INPUT, UserError
 from coordinator_free.common.files import write_npz, write_toml
-from coordinator_free.launcher import Job, launch
+from coordinator_free.launcher import Job, Outcome, launch
 from coordinator_free.transport import free_tcp_port
 
 
@@ -75,7 +75,13 @@ def agent_environment(n_agents: int) -> dict:
 def run_loopback(swarm: Swarm, workdir: Path, *, timeout: float = 600.0, round_deadline: float = 30.0,
                  progress: Callable[[int, int], None] | None = None, attempts: int = 3,
                  extra: dict | None = None, per_agent: list[dict] | None = None) -> dict:
-    """Run the swarm as N agent processes on 127.0.0.1; return the results dict (kind "loopback")."""
+    """Run the swarm as N agent processes on 127.0.0.1; return the results dict (kind "loopback").
+
+    An agent that dies does not stop the others; the results then hold every agent, the failed ones
+    marked (how they ended, their last round) and listed in "failed_agents". Start-up failures that
+    every agent would wait on (bad input, 2) stop the swarm and raise UserError; a taken port (3) is
+    retried with fresh ports.
+    """
     rounds = swarm.spec.train.rounds
     device = swarm.spec.device
     if device.profiles and per_agent is None:
@@ -88,39 +94,77 @@ def run_loopback(swarm: Swarm, workdir: Path, *, timeout: float = 600.0, round_d
                     workdir / f"agent{q}.stderr") for q, path in enumerate(nodes)]
         for job in jobs:
             job.log.unlink(missing_ok=True)
+            (workdir / f"{job.name}.json").unlink(missing_ok=True)
         t0 = time.perf_counter()
         outcomes = launch(jobs, expected_lines=rounds + 1, timeout=timeout, progress=progress,
-                          env=agent_environment(swarm.n_agents))
+                          env=agent_environment(swarm.n_agents), abort_on=frozenset({EXIT_BAD_INPUT, EXIT_ADDRESS_IN_USE}))
         wall = time.perf_counter() - t0
         if any(o.returncode == EXIT_ADDRESS_IN_USE for o in outcomes) and attempt + 1 < attempts:
             continue  # a port was taken between probing and binding: try fresh ports
-        failed = [o for o in outcomes if o.returncode != 0]
-        if failed:
-            first = next((o for o in failed if o.returncode not in (None, 0)), failed[0])
-            raise UserError(f"loopback: {first.name} failed (exit {first.returncode}): {first.stderr_tail} "
+        bad = next((o for o in outcomes if o.returncode in (EXIT_BAD_INPUT, EXIT_ADDRESS_IN_USE)), None)
+        if bad is not None:
+            raise UserError(f"loopback: {bad.name} could not start ({bad.describe()}): {bad.stderr_tail} "
                             f"(logs in {workdir})")
-        return collect_results(swarm, workdir, wall)
+        return collect_results(swarm, workdir, wall, outcomes)
     raise AssertionError("unreachable")
 
 
-def collect_results(swarm: Swarm, workdir: Path, wall: float) -> dict:
-    """Merge agentQ.json / agentQ.jsonl into the results JSON of docs/design.md, section 6."""
-    per = [json.loads((workdir / f"agent{q}.json").read_text()) for q in range(swarm.n_agents)]
-    logs = [[json.loads(line) for line in (workdir / f"agent{q}.jsonl").read_text().splitlines()]
-            for q in range(swarm.n_agents)]
-    round_s = [[r["round_s"] for r in lg[1:]] for lg in logs]
+def _read_log(path: Path) -> list[dict]:
+    """An agent's round log; a line cut short by a crash is skipped."""
+    records = []
+    for line in (path.read_text().splitlines() if path.exists() else []):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            pass
+    return records
+
+
+def agent_summary(q: int, workdir: Path, outcome: Outcome | None) -> dict:
+    """Agent q's results: its own results file or, if it died before writing one, its round log."""
+    log = _read_log(workdir / f"agent{q}.jsonl")
+    path = workdir / f"agent{q}.json"
+    own = json.loads(path.read_text()) if path.exists() else {}
+    out = {key: own.get(key, [r[key] for r in log if key in r]) for key in ("train_loss", "test_loss", "test_accuracy")}
+    out["id"] = q
+    for key in ("bytes_sent", "bytes_received", "wait_s"):
+        out[key] = own.get(key, float(sum(r.get(key, 0) for r in log)))
+    out["suspected"] = own.get("suspected", log[-1]["suspected"] if log else [])
+    for key in ("wall_s", "dropped", "neighbours", "profile", "stopped", "loss_growth", "n_params", "model_hash"):
+        if key in own:
+            out[key] = own[key]
+    round_s = [r["round_s"] for r in log[1:]]
+    out["mean_round_s"] = float(np.mean(round_s)) if round_s else 0.0
+    out["last_round"] = log[-1]["round"] if log else None
+    out["exit"] = "exit status 0" if outcome is None else outcome.describe()
+    out["failed"] = outcome is not None and outcome.returncode != 0
+    return out
+
+
+def collect_results(swarm: Swarm, workdir: Path, wall: float, outcomes: list[Outcome] | None = None) -> dict:
+    """Merge every agent's results (or round log, for one that died) into the results JSON of
+    docs/design.md, section 6; failed agents are marked and listed in "failed_agents"."""
+    per = [agent_summary(q, workdir, outcomes[q] if outcomes else None) for q in range(swarm.n_agents)]
     out = {"kind": "loopback", "spec": swarm.spec.to_dict()}
     for key in ("train_loss", "test_loss", "test_accuracy"):
-        out[key] = [a[key] for a in per]
-    out["final_test_accuracy"] = [a["test_accuracy"][-1] for a in per]
-    out["agents"] = [{k: a[k] for k in ("id", "bytes_sent", "bytes_received", "wait_s", "wall_s", "suspected",
-                                        "dropped", "neighbours", "profile") if k in a} for a in per]
-    for a, r in zip(out["agents"], round_s):
-        a["mean_round_s"] = float(np.mean(r)) if r else 0.0
+        out[key] = [a.pop(key) for a in per]
+    out["final_test_accuracy"] = [acc[-1] if acc else None for acc in out["test_accuracy"]]
     rounds = max(swarm.spec.train.rounds, 1)
     out["bytes_per_round"] = float(np.sum([a["bytes_sent"] for a in per]) / rounds)
-    out["n_params"], out["model_hash"] = per[0]["n_params"], per[0]["model_hash"]
-    out["timings"] = {"total_s": wall, "per_round_s": float(np.mean([np.mean(r) for r in round_s if r] or [0.0])),
+    out["n_params"], out["model_hash"] = swarm.cfg.num_params, swarm.cfg.hash()
+    for a in per:
+        a.pop("n_params", None), a.pop("model_hash", None)
+    out["agents"] = per
+    out["failed_agents"] = [a["id"] for a in per if a["failed"]]
+    out["timings"] = {"total_s": wall,
+                      "per_round_s": float(np.mean([a["mean_round_s"] for a in per if a["mean_round_s"]] or [0.0])),
                       "wait_per_round_s": float(np.mean([a["wait_s"] for a in per]) / rounds)}
     out["workdir"] = str(workdir)
     return out
+
+
+def failure_summary(results: dict) -> str:
+    """One line naming each failed agent, how it ended and its last round."""
+    parts = [f"agent {a['id']} ({a['exit']}, last round {a['last_round']})"
+             for a in results["agents"] if a["failed"]]
+    return f"{len(parts)} of {len(results['agents'])} agents failed: " + "; ".join(parts)

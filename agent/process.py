@@ -23,6 +23,7 @@ from agent.model import ModelConfig, init_params
 from agent.node import NodeConfig, load_local_data
 from agent.rounds import RoundTimes, run_rounds
 from agent.spec import spec_hash
+from coordinator_free.common.errors import Diverged, Terminated
 from coordinator_free.common.files import write_json, write_npz
 from coordinator_free.gossip import BoardTransport, transports
 from coordinator_free.topology import mixing_row
@@ -56,11 +57,15 @@ class Recorder:
         self.node, self.learner, self.cfg, self.transport = node, learner, cfg, transport
         self.roundlog, self.hooks = roundlog, hooks
         self.history: dict[str, list] = {}
-        self.theta: np.ndarray | None = None
+        self.theta: np.ndarray | None = None  # the last finite parameters
+        self.round = -1
         self._counters = (transport.bytes_sent, transport.bytes_received, transport.wait_seconds)
         self._checkpointed = -1
 
     def __call__(self, k: int, state: Arrays, times: RoundTimes) -> None:
+        if not np.all(np.isfinite(state[0])):
+            raise Diverged(f"node {self.node.id}: parameters became non-finite at round {k}; lower train.lr "
+                           "(p2pntk stability SPEC gives lr_max)")
         padded = time.perf_counter()
         if self.hooks and k > 0:
             self.hooks.after_step(times.step_s)
@@ -77,7 +82,7 @@ class Recorder:
         for key in HISTORY_KEYS:
             if key in record:
                 self.history.setdefault(key, []).append(record[key])
-        self.theta = state[0]
+        self.theta, self.round = state[0], k
         every = self.node.checkpoint_every
         if every and k > 0 and k % every == 0:
             self.checkpoint(k)
@@ -138,7 +143,11 @@ def _train(node: NodeConfig, learner: LocalLearner, theta0: np.ndarray, cfg: Mod
         log.info("node %d: handshake done with %s; row %s", node.id, sorted(hellos), row)
         recorder = Recorder(node, learner, cfg, transport, roundlog, hooks)
         gossip = hooks.gossip(transport) if hooks else transport
-        run_rounds(alg, theta0, learner.grad, float(train.lr), train.rounds, gossip, row, recorder)
+        stopped: BaseException | None = None
+        try:
+            run_rounds(alg, theta0, learner.grad, float(train.lr), train.rounds, gossip, row, recorder)
+        except (Diverged, KeyboardInterrupt, Terminated) as err:  # say so, keep what is good, then re-raise
+            stopped = err
         transport.bye()
         results = {"kind": "agent", "id": node.id, **recorder.history,
                    "bytes_sent": transport.bytes_sent, "bytes_received": transport.bytes_received,
@@ -148,6 +157,20 @@ def _train(node: NodeConfig, learner: LocalLearner, theta0: np.ndarray, cfg: Mod
         if hooks:
             results["profile"] = {"name": hooks.profile.name, "emulated": hooks.emulate,
                                   "estimated_round_s": hooks.estimate["total_s"]}
-    recorder.checkpoint(train.rounds)
+        if stopped is not None:
+            results["stopped"] = {"reason": type(stopped).__name__.lower(), "last_round": recorder.round,
+                                  "message": str(stopped)}
+        results["loss_growth"] = loss_growth(recorder.history.get("train_loss", []))
+    if recorder.theta is not None:
+        recorder.checkpoint(recorder.round)
     write_json(node.out, results)
+    if stopped is not None:
+        raise stopped
     return results
+
+
+def loss_growth(losses: list[float]) -> float | None:
+    """max over rounds of loss / initial loss: above 1 the loss rose at some point (flagged, not fatal:
+    a run above lr_max may oscillate and recover)."""
+    finite = [v for v in losses if np.isfinite(v)]
+    return float(max(finite) / finite[0]) if finite and finite[0] > 0 else None

@@ -13,15 +13,19 @@ from typing import Callable
 import numpy as np
 
 from agent.algorithms import ALGORITHMS, Arrays
+from agent.process import loss_growth
 from agent.rounds import RoundTimes, run_rounds
 from agent.swarm import Swarm
+from coordinator_free.common.errors import Diverged
 from coordinator_free.gossip import InProcessHub
 
 
 def simulate(swarm: Swarm, progress: Callable[[int, int], None] | None = None, keep_theta: bool = False) -> dict:
     """Train the swarm for ``train.rounds`` rounds; return the results dict (kind "simulate").
 
-    ``keep_theta`` adds "theta": every agent's final parameters, an (N, P) array.
+    As on a device, a swarm whose parameters become non-finite stops there: "diverged_at_round" says
+    when (the CLI then exits with status 4). ``keep_theta`` adds "theta": every agent's final
+    parameters, an (N, P) array.
     """
     train = swarm.spec.train
     alg, rounds, N = ALGORITHMS[train.algorithm], train.rounds, swarm.n_agents
@@ -40,8 +44,9 @@ def simulate(swarm: Swarm, progress: Callable[[int, int], None] | None = None, k
             step_seconds[q] += times.step_s
             for key, value in learners[q].evaluate(state[0]).items():
                 history[q].setdefault(key, []).append(value)
-            if diverged[q] is None and not np.all(np.isfinite(state[0])):
+            if not np.all(np.isfinite(state[0])):
                 diverged[q] = k
+                raise Diverged(f"agent {q}: parameters became non-finite at round {k}")
             if progress and q == 0 and k > 0:
                 progress(k, rounds)
             if k == rounds:
@@ -59,8 +64,9 @@ def simulate(swarm: Swarm, progress: Callable[[int, int], None] | None = None, k
         t.start()
     for t in threads:
         t.join()
-    if errors:
-        raise next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)), errors[0])
+    first_error = next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)), None)
+    if first_error is not None and not isinstance(first_error, Diverged):
+        raise first_error
     total = time.perf_counter() - t0
     merged = {key: [h[key] for h in history] for key in history[0]}
     first = [d for d in diverged if d is not None]
@@ -70,6 +76,7 @@ def simulate(swarm: Swarm, progress: Callable[[int, int], None] | None = None, k
             "n_params": swarm.cfg.num_params, "model_hash": swarm.cfg.hash(),
             "timings": {"total_s": total, "train_steps_s": max(step_seconds),
                         "per_round_s": max(step_seconds) / max(rounds, 1)}}
-    if keep_theta:
+    out["loss_growth"] = [loss_growth(h.get("train_loss", [])) for h in history]
+    if keep_theta and all(t is not None for t in final):
         out["theta"] = np.stack(final)
     return out

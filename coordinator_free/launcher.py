@@ -1,8 +1,9 @@
 """The loopback launcher: N real agent OS processes on one machine, watched and always cleaned up.
 
 It knows nothing of models: it starts the command lines it is given (``python -m agent NODE``),
-follows their per-round JSONL logs for a progress bar, enforces a timeout and, on any exit path
-(success, failure, timeout, Ctrl-C), terminates every process group it started.
+follows their per-round JSONL logs for a progress bar, lets the others carry on when one dies,
+enforces a timeout and, on any exit path (success, failure, timeout, Ctrl-C, SIGTERM), terminates
+every process group it started.
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from coordinator_free.common.errors import UserError
 
 
 @dataclass
@@ -29,9 +29,22 @@ class Job:
 
 @dataclass
 class Outcome:
+    """How one job ended. ``returncode`` is Popen's: negative -N when killed by signal N; None when
+    the launcher stopped it (timeout, or another job's start-up failure)."""
+
     name: str
-    returncode: int | None  # None: killed by the launcher
+    returncode: int | None
     stderr_tail: str
+
+    def describe(self) -> str:
+        if self.returncode is None:
+            return "stopped by the launcher"
+        if self.returncode < 0:
+            try:
+                return f"killed by {signal.Signals(-self.returncode).name}"
+            except ValueError:
+                return f"killed by signal {-self.returncode}"
+        return f"exit status {self.returncode}"
 
 
 def _count_lines(path: Path) -> int:
@@ -72,16 +85,18 @@ def _stop(procs: list[subprocess.Popen], grace: float = 3.0) -> None:
 
 def launch(jobs: list[Job], *, expected_lines: int, timeout: float,
            progress: Callable[[int, int], None] | None = None, env: dict | None = None,
-           poll: float = 0.2) -> list[Outcome]:
-    """Start every job, wait until all exit (or one fails, or ``timeout``), and clean up.
+           poll: float = 0.2, abort_on: frozenset[int] = frozenset()) -> list[Outcome]:
+    """Start every job, wait until all exit (or ``timeout``), and clean up; one Outcome per job.
 
     ``expected_lines`` is the number of log lines each finished agent writes (rounds + 1); the
     progress callback gets (lines written by all agents, expected_lines * len(jobs)).
-    A failing agent stops the whole swarm: the others would only wait for it.
-    Raises UserError on timeout; returns one Outcome per job otherwise.
+    A job that dies does not stop the others: they carry on without it (an agent suspects a silent
+    neighbour). Only an exit status in ``abort_on`` (a start-up failure every job would wait on)
+    stops the rest at once. At ``timeout`` the jobs still running are stopped and marked so.
     """
     procs: list[subprocess.Popen] = []
     handles = []
+    stopped: set[int] = set()
     try:
         for job in jobs:
             job.stderr.parent.mkdir(parents=True, exist_ok=True)
@@ -95,17 +110,15 @@ def launch(jobs: list[Job], *, expected_lines: int, timeout: float,
             codes = [p.poll() for p in procs]
             if progress:
                 progress(sum(min(_count_lines(j.log), expected_lines) for j in jobs), total)
-            if all(c is not None for c in codes) or any(c not in (None, 0) for c in codes):
+            if all(c is not None for c in codes):
                 break
-            if time.monotonic() > deadline:
-                raise UserError(f"loopback: agents still running after {timeout:g} s "
-                                f"({sum(c is None for c in codes)} of {len(jobs)}); raise --timeout or lower rounds")
+            if any(c in abort_on for c in codes) or time.monotonic() > deadline:
+                stopped = {i for i, c in enumerate(codes) if c is None}
+                _stop(procs, grace=1.0)
+                break
             time.sleep(poll)
-        # let the survivors of a failure notice and exit on their own for a moment
-        if any(c not in (None, 0) for c in codes):
-            _stop(procs, grace=1.0)
-        return [Outcome(j.name, p.returncode if p.returncode is not None and p.returncode >= 0 else None,
-                        _tail(j.stderr)) for j, p in zip(jobs, procs)]
+        return [Outcome(j.name, None if i in stopped else p.returncode, _tail(j.stderr))
+                for i, (j, p) in enumerate(zip(jobs, procs))]
     finally:
         _stop(procs)
         for fh in handles:

@@ -1,14 +1,15 @@
 """The ``p2pntk`` command line: one subcommand per user task, each in ``predictor/commands/``.
 
 User errors (UserError, a missing file) print one line ``p2pntk: error: ...`` and exit with
-status 2, without a traceback. Ctrl-C exits with 130 after the commands have cleaned up.
+status 2, without a traceback; the other statuses are in ``coordinator_free.common.errors``.
+Ctrl-C exits with 130 and SIGTERM with 143, after the commands have cleaned up.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from coordinator_free.common.errors import UserError, exit_status
+from coordinator_free.common.errors import Diverged, SwarmIncomplete, Terminated, UserError, exit_status, sigterm_unwinds
 from predictor.commands import (bench, compare, demo, export_onnx, loopback, predict, profiles, reproduce,
                                 simulate, stability, tune)
 
@@ -31,12 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
-    except UserError as err:
+        with sigterm_unwinds():  # SIGTERM unwinds like Ctrl-C: the loopback launcher stops every agent it started
+            return int(args.func(args) or 0)
+    except (UserError, Diverged, SwarmIncomplete) as err:
         print(f"p2pntk: error: {err}", file=sys.stderr)
         return exit_status(err)
-    except KeyboardInterrupt as err:
-        print("p2pntk: interrupted", file=sys.stderr)
+    except (KeyboardInterrupt, Terminated) as err:
+        print(f"p2pntk: {'terminated' if isinstance(err, Terminated) else 'interrupted'}", file=sys.stderr)
         return exit_status(err)
 
 

@@ -1,9 +1,18 @@
 """Typed errors shared by every layer, and the exit status each one means for a command.
 
 The CLI and ``python -m agent`` map an error's *type* to an exit status (``exit_status``), never
-its text: a person reads the message, a program (the loopback launcher) reads the status.
+its text: a person reads the message, a program (the loopback launcher, systemd) reads the status.
+
+    0 done   1 internal error   2 bad input (UserError)   3 address in use (AddressInUse)
+    4 diverged: parameters became non-finite (Diverged)
+    5 swarm incomplete: some agents failed; results were written with them marked (SwarmIncomplete)
+    130 interrupted (Ctrl-C, SIGINT)   143 terminated (SIGTERM)
 """
 from __future__ import annotations
+
+import contextlib
+import signal
+import threading
 
 
 class UserError(Exception):
@@ -23,13 +32,50 @@ class AddressInUse(UserError):
     exit_status = 3
 
 
+class Diverged(Exception):
+    """Training produced non-finite parameters (NaN or inf). Exit status 4. Nothing non-finite is
+    checkpointed; the results written so far say at which round."""
+
+    exit_status = 4
+
+
+class SwarmIncomplete(Exception):
+    """Some agents of a swarm failed. Exit status 5; the results were written with them marked."""
+
+    exit_status = 5
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (``sigterm_unwinds``): handled like Ctrl-C, exit status 143."""
+
+    exit_status = 143
+
+
 EXIT_BAD_INPUT = UserError.exit_status
 EXIT_ADDRESS_IN_USE = AddressInUse.exit_status
+EXIT_DIVERGED = Diverged.exit_status
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = Terminated.exit_status
 
 
 def exit_status(err: BaseException) -> int:
-    """The documented exit status for ``err``: 2 bad input, 3 address in use, 130 interrupted."""
+    """The documented exit status for ``err`` (see the module docstring)."""
     if isinstance(err, KeyboardInterrupt):
         return EXIT_INTERRUPTED
     return getattr(err, "exit_status", 1)
+
+
+@contextlib.contextmanager
+def sigterm_unwinds():
+    """Within this block SIGTERM raises ``Terminated`` in the main thread, so that it unwinds like
+    Ctrl-C: every ``finally`` runs (BYE to peers, checkpoint, results, child processes stopped)."""
+    def raise_terminated(signum, frame):
+        raise Terminated(f"terminated by signal {signum}")
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

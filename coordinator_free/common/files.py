@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -42,7 +43,21 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w"
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write(path, lambda fh: json.dump(obj, fh, indent=1, default=_jsonable))
+    """Write ``obj`` atomically as strict JSON: NaN and infinities become null (no NaN/Infinity tokens)."""
+    return atomic_write(path, lambda fh: json.dump(_finite(obj), fh, indent=1, default=_jsonable, allow_nan=False))
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float (also inside lists, dicts and float arrays) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, (np.ndarray, np.generic)) and np.issubdtype(np.asarray(obj).dtype, np.floating):
+        return _finite(np.asarray(obj).tolist())
+    return obj
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -2,9 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 from agent.spec import load_spec
+from coordinator_free.common.errors import UserError
 
 
 def add_spec_args(parser: argparse.ArgumentParser, out_default: str) -> None:
@@ -23,9 +29,43 @@ def spec_from_args(args: argparse.Namespace) -> dict:
     return load_spec(args.spec, args.overrides)
 
 
+def check_writable(path: str | None, flag: str) -> None:
+    """Refuse, before any work, an output path that is a folder or cannot be written."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file name, e.g. {p / 'results.json'}")
+    parent = p.parent if str(p.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{flag} {path}: cannot create its folder ({err.strerror})") from None
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise UserError(f"{flag} {path}: not writable")
+
+
+@contextlib.contextmanager
+def work_folder(given: str | None, prefix: str, keep: bool = False) -> Iterator[Path]:
+    """The folder a run writes node files, data and logs into: ``given`` (always kept) or a new
+    temporary one, removed afterwards (it holds every agent's data) unless ``keep``."""
+    if given:
+        yield Path(given)
+        return
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        if not keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def swarm_from_args(args: argparse.Namespace):
-    """The swarm of SPEC + --set, with its problem file written if --save-problem was given."""
+    """The swarm of SPEC + --set, with its problem file written if --save-problem was given.
+    Output paths are checked first, so a bad one fails before any work."""
     from agent.swarm import Swarm
+    check_writable(args.out, "--out")
+    check_writable(args.save_problem, "--save-problem")
     swarm = Swarm.from_spec(spec_from_args(args))
     if args.save_problem:
         swarm.save_problem(args.save_problem)
@@ -37,10 +77,11 @@ def loss_table(results: dict) -> str:
     rows = [f"{'agent':>5} {'train_loss':>12} {'test_loss':>12} {'test_acc':>9}"]
     train, test = results["train_loss"], results.get("test_loss")
     acc = results.get("test_accuracy")
+    def last(curves, q: int, fmt: str, width: int) -> str:
+        value = curves[q][-1] if curves and curves[q] else None
+        return f"{value:{width}{fmt}}" if value is not None else f"{'-':>{width}}"
     for q in range(len(train)):
-        te = f"{test[q][-1]:12.5g}" if test else f"{'-':>12}"
-        ac = f"{acc[q][-1]:9.3f}" if acc else f"{'-':>9}"
-        rows.append(f"{q:>5} {train[q][-1]:12.5g} {te} {ac}")
+        rows.append(f"{q:>5} {last(train, q, '.5g', 12)} {last(test, q, '.5g', 12)} {last(acc, q, '.3f', 9)}")
     return "\n".join(rows)
 
 

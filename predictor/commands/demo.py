@@ -6,15 +6,16 @@ actual. Any spec key can be changed with --set, as in every other command.
 """
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 
-from agent.loopback import run_loopback
+from agent.loopback import failure_summary, run_loopback
+from agent.spec import load_spec
 from agent.swarm import Swarm
+from coordinator_free.common.errors import SwarmIncomplete
 from coordinator_free.common.files import write_json
 from coordinator_free.progress import ProgressBar
-from agent.spec import load_spec
+from predictor.commands import lr_max_line, work_folder
 from predictor.compare import compare_results, error_table, plot_comparison
 from predictor.forecast import forecast
 
@@ -46,18 +47,20 @@ def run(args) -> int:
     say("1/3 forecasting every agent's loss with the NTK ...")
     predicted, _ = forecast(swarm)
     write_json(out / "forecast.json", predicted)
-    say(f"    {predicted['timings']['total_s']:.2f} s; stable learning rates up to "
-        + ", ".join(f"{a}: {v:.3g}" for a, v in predicted["lr_max"].items()))
+    say(f"    {predicted['timings']['total_s']:.2f} s; stable learning rates up to {lr_max_line(predicted['lr_max'], 3)}")
     say(f"2/3 training: {n} agent processes over ZeroMQ on 127.0.0.1 ...")
     bar = ProgressBar(1, "    loopback", enabled=not args.quiet)
 
 
     t0 = time.perf_counter()
-    try:
-        actual = run_loopback(swarm, Path(tempfile.mkdtemp(prefix="p2pntk-demo-")), progress=bar.update)
-    finally:
-        bar.close()
+    with work_folder(None, "p2pntk-demo-") as workdir:
+        try:
+            actual = run_loopback(swarm, workdir, progress=bar.update)
+        finally:
+            bar.close()
     write_json(out / "loopback.json", actual)
+    if actual["failed_agents"]:
+        raise SwarmIncomplete(f"{failure_summary(actual)}; every agent's results are in {out / 'loopback.json'}")
     say(f"    {time.perf_counter() - t0:.1f} s, {actual['timings']['per_round_s'] * 1e3:.1f} ms per round, "
         f"{actual['bytes_per_round'] / 1e6:.2f} MB on the wire per round")
     say("3/3 forecast against actual (trajectory error ||forecast - actual|| / ||actual||):")

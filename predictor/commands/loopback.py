@@ -1,13 +1,11 @@
 """``p2pntk loopback`` (N real agent processes on 127.0.0.1) and ``p2pntk agent NODE.toml`` (one device)."""
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
-from agent.loopback import run_loopback
+from agent.loopback import failure_summary, run_loopback
+from coordinator_free.common.errors import SwarmIncomplete
 from coordinator_free.common.files import write_json
 from coordinator_free.progress import ProgressBar
-from predictor.commands import add_spec_args, loss_table, swarm_from_args
+from predictor.commands import add_spec_args, loss_table, swarm_from_args, work_folder
 
 
 def register(sub) -> None:
@@ -15,7 +13,9 @@ def register(sub) -> None:
                        description="Write each agent's data and node file, start one OS process per agent on "
                                    "127.0.0.1, and gather their logs into the results JSON.")
     add_spec_args(p, "runs/loopback.json")
-    p.add_argument("--workdir", default=None, help="where node files, data and logs go (default: a temp folder)")
+    p.add_argument("--workdir", default=None,
+                   help="where node files, data and logs go, kept (default: a temporary folder, removed after)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder (its path is printed)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds before the swarm is stopped (default 900)")
     p.add_argument("--round-deadline", type=float, default=30.0,
                    help="seconds an agent waits for a neighbour each round before suspecting it (default 30)")
@@ -43,16 +43,14 @@ def run(args) -> int:
     if args.link:
         args.overrides.append(f"device.link_mbit={args.link}")
     swarm = swarm_from_args(args)
-    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="p2pntk-loopback-"))
     bar = ProgressBar(1, f"loopback ({swarm.n_agents} agents)", enabled=not args.quiet)
-
-
-    try:
-        results = run_loopback(swarm, workdir, timeout=args.timeout, round_deadline=args.round_deadline,
-                               progress=bar.update)
-    finally:
-        bar.close()
-    write_json(args.out, results)
+    with work_folder(args.workdir, "p2pntk-loopback-", args.keep) as workdir:
+        try:
+            results = run_loopback(swarm, workdir, timeout=args.timeout, round_deadline=args.round_deadline,
+                                   progress=bar.update)
+        finally:
+            bar.close()
+        write_json(args.out, results)
     if not args.quiet:
         print(f"loopback: {swarm.n_agents} agent processes, {results['timings']['total_s']:.1f}s, "
               f"{results['timings']['per_round_s'] * 1e3:.1f} ms/round, "
@@ -64,5 +62,8 @@ def run(args) -> int:
                 print(f"agent {a['id']}: {a['profile']['name']}{' (emulated)' if a['profile']['emulated'] else ''}: "
                       f"{a['mean_round_s'] * 1e3:.0f} ms/round measured, {est * 1e3:.0f} ms estimated "
                       f"({(a['mean_round_s'] / est - 1) * 100:+.0f}%)")
-    print(f"wrote {args.out} (agent logs in {workdir})")
+    kept = f" (agent logs in {workdir})" if args.workdir or args.keep else ""
+    print(f"wrote {args.out}{kept}")
+    if results["failed_agents"]:
+        raise SwarmIncomplete(f"{failure_summary(results)}; every agent's results are in {args.out}")
     return 0

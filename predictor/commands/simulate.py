@@ -4,9 +4,13 @@ from __future__ import annotations
 import sys
 
 from agent.simulator import simulate
+from coordinator_free.common.errors import Diverged
 from coordinator_free.common.files import write_json
 from coordinator_free.progress import ProgressBar
 from predictor.commands import add_spec_args, loss_table, swarm_from_args
+
+
+LOSS_GROWTH_FLAG = 10.0  # flag (do not stop) a run whose training loss rose this many times above its start
 
 
 def register(sub) -> None:
@@ -29,8 +33,12 @@ def run(args) -> int:
               f"lr={t.lr}, {t.rounds} rounds, P={swarm.cfg.num_params} ({t.dtype}), "
               f"{results['timings']['total_s']:.2f}s")
         print(loss_table(results))
-        if results["diverged_at_round"] is not None:
-            print(f"warning: parameters diverged at round {results['diverged_at_round']}; lower train.lr",
-                  file=sys.stderr)
+        grew = [q for q, g in enumerate(results["loss_growth"]) if g is not None and g > LOSS_GROWTH_FLAG]
+        if grew:
+            print(f"warning: the training loss rose above {LOSS_GROWTH_FLAG:g}x its start on agents {grew}; "
+                  "train.lr may be above lr_max (p2pntk stability)", file=sys.stderr)
     print(f"wrote {args.out}" + (f" and {args.save_problem}" if args.save_problem else ""))
+    if results["diverged_at_round"] is not None:
+        raise Diverged(f"parameters became non-finite at round {results['diverged_at_round']}; lower train.lr "
+                       f"(results so far in {args.out})")
     return 0
