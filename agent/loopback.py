@@ -20,6 +20,7 @@ from agent.node import NodeConfig, node_table
 from agent.swarm import Swarm
 from coordinator_free.common.errors import EXIT_ADDRESS_IN_USE, EXIT_BAD_INPUT, UserError
 from coordinator_free.common.files import write_npz, write_toml
+from coordinator_free.keys import new_keypair
 from coordinator_free.launcher import Job, Outcome, launch
 from coordinator_free.transport import free_tcp_port
 
@@ -27,12 +28,17 @@ from coordinator_free.transport import free_tcp_port
 def write_node_files(swarm: Swarm, workdir: Path, addresses: list[str], *, round_deadline: float = 30.0,
                      handshake_timeout: float = 60.0, extra: dict | None = None,
                      per_agent: list[dict] | None = None) -> list[Path]:
-    """Write spec.toml, test.npz and, per agent q, agentQ.npz and nodeQ.toml under ``workdir``.
+    """Write spec.toml, test.npz and, per agent q, agentQ.npz, a CurveZMQ keypair (keys/agentQ.key and
+    .key_secret) and nodeQ.toml under ``workdir``.
 
-    ``addresses[q]`` is agent q's bind address; its peers are its graph neighbours' addresses.
+    ``addresses[q]`` is agent q's bind address; its peers are its graph neighbours' addresses, and
+    its [peer_keys] their public keys, so the loopback swarm runs the secure path of real boards.
     ``extra`` adds keys to every node file and ``per_agent[q]`` to agent q's only (e.g. a profile).
     """
     workdir.mkdir(parents=True, exist_ok=True)
+    for q in range(swarm.n_agents):
+        if not (workdir / "keys" / f"agent{q}.key_secret").exists():
+            new_keypair(workdir / "keys", f"agent{q}")
     write_toml(workdir / "spec.toml", swarm.spec.to_dict())
     p = swarm.problem
     write_npz(workdir / "test.npz", X=p.X_test, Y=p.Y_test)
@@ -43,7 +49,9 @@ def write_node_files(swarm: Swarm, workdir: Path, addresses: list[str], *, round
         node = NodeConfig(id=q, bind=addresses[q], data=f"agent{q}.npz", test="test.npz", spec="spec.toml",
                           out=f"agent{q}.json", log=f"agent{q}.jsonl", checkpoint=f"agent{q}.ckpt.npz",
                           checkpoint_every=10, round_deadline=round_deadline, handshake_timeout=handshake_timeout,
-                          peers={r: addresses[r] for r in sorted(swarm.graph.neighbors(q))})
+                          peers={r: addresses[r] for r in sorted(swarm.graph.neighbors(q))},
+                          secret_key=f"keys/agent{q}.key_secret",
+                          peer_keys={r: f"keys/agent{r}.key" for r in sorted(swarm.graph.neighbors(q))})
         node = node.replace(**(extra or {}), **(per_agent[q] if per_agent and q < len(per_agent) else {}))
         paths.append(write_toml(workdir / f"node{q}.toml", node_table(node)))
     return paths

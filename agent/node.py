@@ -15,7 +15,11 @@ handshake_timeout = 60.0
 profile = "raspberry-pi-4b"          # optional device profile (threads, dtype, kernels, emulation)
 emulate = false                      # shape sends/slow compute like the profile (loopback)
 transport = "zmq"                    # a registered board transport (coordinator_free.gossip)
+secret_key = "keys/agent0.key_secret" # this board's CurveZMQ secret key (p2pntk keys new agent0)
+insecure = false                     # true: plain TCP, unauthenticated (a warning at start)
 schema_version = 1                   # node file format version (optional)
+[peer_keys]                          # each neighbour's public key: only these may connect
+1 = "keys/agent1.key"
 [peers]                              # static peer table: neighbour id -> address
 1 = "tcp://10.0.0.11:5555"
 ```
@@ -37,7 +41,7 @@ from coordinator_free.common.schema import (Bad, Record, flag, from_user_check, 
 from coordinator_free.gossip import DEFAULT_TRANSPORT, check_transport
 
 SCHEMA_VERSION = 1
-_PATH_KEYS = ("data", "test", "out", "log", "checkpoint")
+_PATH_KEYS = ("data", "test", "out", "log", "checkpoint", "secret_key")
 
 
 def _path(key: str, value: Any) -> str:
@@ -58,6 +62,17 @@ def _spec_ref(key: str, value: Any) -> Any:
     if not (isinstance(value, dict) or (isinstance(value, str) and value)):
         raise Bad(f"{key} = {value!r}: expected a spec file path or an inline [spec] table")
     return value
+
+
+def _key_files(key: str, value: Any) -> dict[int, str]:
+    if not isinstance(value, dict):
+        raise Bad(f"{key} = {value!r}: expected a table of id = public key file")
+    out = {}
+    for pid, path in value.items():
+        if not pid.isdigit():
+            raise Bad(f"{key}.{pid} = {path!r}: expected a neighbour id (an integer) as the key")
+        out[int(pid)] = _path(f"{key}.{pid}", path)
+    return out
 
 
 def _peers(key: str, value: Any) -> dict[int, str]:
@@ -94,6 +109,9 @@ class NodeConfig(Record):
     emulate: bool = setting(False, flag, "shape sends and slow compute like the profile (loopback)")
     discovery: str = setting("static", one_of("static", "zeroconf"), "static peers or zeroconf discovery")
     transport: str = setting(DEFAULT_TRANSPORT, from_user_check(check_transport), "a registered board transport")
+    secret_key: Path | None = setting(None, _path, "this board's NAME.key_secret (p2pntk keys new NAME)")
+    peer_keys: dict = setting({}, _key_files, "neighbour id -> its public NAME.key file")
+    insecure: bool = setting(False, flag, "plain TCP: no encryption, no authentication (logged at start)")
     schema_version: int = setting(SCHEMA_VERSION, version(SCHEMA_VERSION, "node file"), "node file format version")
     source: Path = setting(Path(), doc="the node file this was read from (not a key of the file)")
 
@@ -109,6 +127,7 @@ def load_node(path: str | Path) -> NodeConfig:
     base = path.parent
     spec = resolve(node.spec, f"{where} [spec]") if isinstance(node.spec, dict) else load_spec(base / node.spec)
     paths = {k: (None if v is None else base / v) for k in _PATH_KEYS for v in [getattr(node, k)]}
+    paths["peer_keys"] = {pid: base / f for pid, f in node.peer_keys.items()}
     paths["out"] = paths["out"] or base / f"agent{node.id}.json"
     paths["log"] = paths["log"] or base / f"agent{node.id}.jsonl"
     node = node.replace(spec=spec, source=path, **paths)
@@ -126,9 +145,27 @@ def load_node(path: str | Path) -> NodeConfig:
 
 def node_table(node: NodeConfig) -> dict[str, Any]:
     """The node file's TOML table (the inverse of ``load_node`` for a spec given as a path)."""
-    table = {k: v for k, v in node.to_dict().items() if k != "source" and v is not None}
+    table = {k: v for k, v in node.to_dict().items() if k not in ("source", "peers", "peer_keys") and v is not None}
+    table["peer_keys"] = {str(p): str(f) for p, f in sorted(node.peer_keys.items())}
     table["peers"] = {str(p): a for p, a in sorted(node.peers.items())}
     return table
+
+
+def link_security(node: NodeConfig, peers: dict[int, str]):
+    """The node's CurveZMQ keys for these peers (``coordinator_free.keys.Curve``), or None with
+    ``insecure = true``. Refuses, naming the key to fix, a secure node without its keys."""
+    from coordinator_free.keys import Curve
+    where = f"node file {node.source}"
+    if node.insecure:
+        return None
+    if node.secret_key is None:
+        raise UserError(f"{where}: secret_key is missing: links are encrypted and authenticated by default; make "
+                        "keys with `p2pntk keys new NAME`, list neighbours' public keys under [peer_keys], "
+                        "or set insecure = true for plain TCP")
+    missing = sorted(set(peers) - set(node.peer_keys))
+    if missing:
+        raise UserError(f"{where}: [peer_keys] has no public key for neighbours {missing}")
+    return Curve(node.secret_key, {pid: node.peer_keys[pid] for pid in peers})
 
 
 def load_local_data(path: Path, classes: list[int], role: str = "data") -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ from agent.device import DeviceHooks
 from agent.kernels import make_kernels
 from agent.local import LocalLearner, model_config
 from agent.model import ModelConfig, init_params
-from agent.node import NodeConfig, load_local_data
+from agent.node import NodeConfig, link_security, load_local_data
 from agent.rounds import RoundTimes, run_rounds
 from agent.spec import spec_hash
 from coordinator_free.common.errors import Diverged, Terminated
@@ -131,12 +131,16 @@ def _train(node: NodeConfig, learner: LocalLearner, theta0: np.ndarray, cfg: Mod
     """Handshake, the round loop, the final BYE and results."""
     spec, train = node.spec, node.spec.train
     alg = ALGORITHMS[train.algorithm]
+    curve = link_security(node, peers)
+    if curve is None:
+        log.warning("node %d: insecure = true: plain TCP, so messages are neither encrypted nor authenticated; "
+                    "anyone who can reach %s can feed this agent", node.id, node.bind)
     t_start = time.perf_counter()
     # copy_sends=False: the rules never write into a sent array (they return new ones), so zero-copy is safe
     with RoundLog(node.log) as roundlog, transports()[node.transport](
             node.id, node.bind, peers, model_hash=cfg.hash(), spec_hash=spec_hash(spec), algorithm=alg.name,
             dtype=theta0.dtype.name, shape=(cfg.num_params,), arrays=len(alg.messages),
-            deadline=node.round_deadline, copy_sends=False, logger=log) as transport:
+            deadline=node.round_deadline, copy_sends=False, curve=curve, logger=log) as transport:
         hellos = transport.handshake(len(peers), node.handshake_timeout)
         row = mixing_row(spec.network.weights, len(peers), {pid: int(h["degree"]) for pid, h in hellos.items()},
                          node.id, spec.network.agents)

@@ -46,6 +46,7 @@ import zmq
 from coordinator_free.wire import MAX_HEADER_BYTES, Expect, WireError, decode, encode
 from coordinator_free.common.errors import AddressInUse, UserError
 from coordinator_free.gossip import register_transport
+from coordinator_free.keys import ZAP_DOMAIN, Curve, start_authenticator
 
 ROUND_WINDOW = 8  # params for rounds up to current + ROUND_WINDOW are buffered; later ones dropped
 HWM = ROUND_WINDOW + 2  # messages queued per peer and direction before sends are dropped
@@ -82,7 +83,7 @@ class Transport:
 
     def __init__(self, node_id: int, bind: str, peers: dict[int, str], *, model_hash: str,
                  spec_hash: str, algorithm: str, dtype: str, shape: tuple[int, ...], arrays: int = 1,
-                 deadline: float = 10.0, copy_sends: bool = True,
+                 deadline: float = 10.0, copy_sends: bool = True, curve: Curve | None = None,
                  logger: logging.Logger | None = None, context: zmq.Context | None = None):
         if node_id in peers:
             raise UserError(f"node {node_id} lists itself among its peers")
@@ -112,11 +113,19 @@ class Transport:
         self._snapshots: list[tuple[np.ndarray, list[zmq.MessageTracker]]] = []
         self._handshaking, self._said_bye, self._closed = False, False, False
         self._degree, self._extra = len(self.peers), {}
+        if curve is not None and context is not None:
+            raise ValueError("a CURVE transport runs its own ZAP handler: do not pass a shared context")
+        self.curve, self._auth = curve, None
         self._own_context = context is None
         self._ctx = context or zmq.Context()
         self._push: dict[int, zmq.Socket] = {}
         self._pull = self._ctx.socket(zmq.PULL)
         try:
+            if curve is not None:  # every link is CurveZMQ: encrypted, and only allow-listed keys get in
+                self._auth = start_authenticator(self._ctx, curve.allow)
+                self._pull.curve_secretkey, self._pull.curve_publickey = curve.secret, curve.public
+                self._pull.zap_domain = ZAP_DOMAIN.encode()
+                self._pull.curve_server = True
             self._pull.setsockopt(zmq.LINGER, 0)
             self._pull.setsockopt(zmq.RCVHWM, HWM)
             # Frames larger than a float64 model cannot be valid; ZeroMQ disconnects such a peer.
@@ -132,6 +141,9 @@ class Transport:
                 push.setsockopt(zmq.SNDHWM, HWM)
                 push.setsockopt(zmq.IMMEDIATE, 1)
                 push.setsockopt(zmq.LINGER, LINGER_MS)
+                if curve is not None:
+                    push.curve_secretkey, push.curve_publickey = curve.secret, curve.public
+                    push.curve_serverkey = curve.allow.public_key(pid)
                 try:
                     push.connect(addr)
                 except zmq.ZMQError as e:
@@ -337,6 +349,8 @@ class Transport:
         self._summarise_drops()
         for sock in [self._pull, *self._push.values()]:
             sock.close(linger=LINGER_MS if sock is not self._pull else 0)
+        if self._auth is not None:
+            self._auth.stop()
         if self._own_context:
             self._ctx.term()
 
@@ -401,6 +415,22 @@ class Transport:
                 return
             self._handle(frames)
 
+    def _forged(self, frames: list, sender) -> str | None:
+        """Why a message claiming ``sender`` did not come from that neighbour's key (None: it did, or no CURVE).
+
+        The ZAP handler let the connection in; this binds each message to the key that sent it, and sees
+        a revocation at once (the allow-list re-reads its key files), without a restart.
+        """
+        if self.curve is None:
+            return None
+        key = frames[0].get("User-Id") if hasattr(frames[0], "get") else None
+        bound = self.curve.allow.id_of(key)
+        if bound is None:
+            return f"claims peer {sender!r:.20} but its key is unknown or revoked"
+        if bound != sender:
+            return f"claims peer {sender!r:.20} but was sent with peer {bound}'s key"
+        return None
+
     def _handle(self, frames: list) -> None:
         """Handle one received message; nothing a peer sends can raise out of here."""
         try:
@@ -417,6 +447,8 @@ class Transport:
             msg = decode(frames, expect)
         except WireError as e:
             h = e.header or {}
+            if e.field in ("model_hash", "v") and (forged := self._forged(frames, h.get("sender"))):
+                return self._drop("forged", forged, logging.WARNING)
             if e.field == "model_hash" and h.get("type") == "hello":
                 problem = f"model hash {h['model_hash']!r:.80} but ours is {self.model_hash!r}; " \
                           f"all agents must train the same model"
@@ -426,6 +458,8 @@ class Transport:
                                                       "speaks the same protocol")
             who = f"from peer {h['sender']}: " if isinstance(h.get("sender"), int) else ""
             return self._drop("invalid", who + e.reason, logging.WARNING)
+        if forged := self._forged(frames, msg.sender):
+            return self._drop("forged", forged, logging.WARNING)
         s = msg.sender
         self._last_heard[s] = time.monotonic()
         if msg.type == "hello":

@@ -14,6 +14,7 @@ from agent.local import model_config
 from agent.model import init_params
 from agent.swarm import Swarm
 from agent.spec import load_spec, spec_hash
+from coordinator_free.keys import Curve, read_keypair, read_public
 from coordinator_free.transport import LOG_BURST, Transport
 from coordinator_free.wire import encode
 from predictor.cli import main
@@ -32,7 +33,10 @@ def test_agent_drops_malformed_messages_and_finishes(tmp_path):
     theta = init_params(cfg, np.float64)
     good = {"type": "params", "sender": 1, "algorithm": "dgd", "model_hash": cfg.hash()}
     ctx = zmq.Context()
-    raw = ctx.socket(zmq.PUSH)
+    raw = ctx.socket(zmq.PUSH)  # holds agent 1's allow-listed key, so that the bad messages reach the decoder
+    keys = tmp_path / "keys"
+    raw.curve_publickey, raw.curve_secretkey = read_keypair(keys / "agent1.key_secret")
+    raw.curve_serverkey = read_public(keys / "agent0.key")
     stderr = tmp_path / "agent0.stderr"
 
     def wait_for_drops(n: int) -> None:  # the raw socket's connection is not ordered with the transport's
@@ -43,7 +47,8 @@ def test_agent_drops_malformed_messages_and_finishes(tmp_path):
 
     try:
         with Transport(1, addrs[1], {0: addrs[0]}, model_hash=cfg.hash(), spec_hash=spec_hash(swarm.spec),
-                       algorithm="dgd", dtype="float64", shape=(cfg.num_params,), context=ctx) as me:
+                       algorithm="dgd", dtype="float64", shape=(cfg.num_params,),
+                       curve=Curve(keys / "agent1.key_secret", {0: keys / "agent0.key"})) as me:
             me.handshake(1, timeout=30)
             raw.connect(addrs[0])
             for k in range(rounds):
