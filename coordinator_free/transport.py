@@ -447,7 +447,7 @@ class Transport:
             msg = decode(frames, expect)
         except WireError as e:
             h = e.header or {}
-            if e.field in ("model_hash", "v") and (forged := self._forged(frames, h.get("sender"))):
+            if "sender" in h and (forged := self._forged(frames, h["sender"])):
                 return self._drop("forged", forged, logging.WARNING)
             if e.field == "model_hash" and h.get("type") == "hello":
                 problem = f"model hash {h['model_hash']!r:.80} but ours is {self.model_hash!r}; " \

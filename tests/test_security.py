@@ -1,0 +1,224 @@
+"""Hostile input against live agents over real sockets: forged params, HELLO and BYE from an
+unauthenticated socket and from an allow-listed key claiming another id, a live fuzz of mutated
+frames, and key revocation without a restart. The victim's float64 training must be bit-identical to
+a fault-free run of the same spec."""
+import json
+import os
+import threading
+import time
+import tomllib
+
+import numpy as np
+import pytest
+import zmq
+
+from agent.local import model_config
+from agent.loopback import run_loopback
+from agent.model import init_params
+from agent.spec import load_spec, spec_hash
+from agent.swarm import Swarm
+from coordinator_free.keys import Curve, new_keypair, read_keypair, read_public
+from coordinator_free.transport import Transport, free_tcp_port
+from coordinator_free.wire import encode
+
+SPEC = ["network.agents=4", "network.topology=cycle", "model.width=32", "train.rounds=30", "train.dtype=float64",
+        "data.samples_per_agent=10", "data.test_samples=20"]
+
+
+def _swarm(rounds: int = 30) -> Swarm:
+    return Swarm.from_spec(load_spec(None, SPEC + [f"train.rounds={rounds}"]))
+
+
+@pytest.fixture(scope="module")
+def fault_free(tmp_path_factory):
+    return run_loopback(_swarm(), tmp_path_factory.mktemp("clean"), round_deadline=2.0)
+
+
+def _rss_kb(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return None  # the agent has finished
+
+
+def _attack_run(tmp_path, attack, rounds: int = 30):
+    """Run the loopback swarm while ``attack(victim_address, workdir, stop, rss)`` runs in a thread once
+    agent 0 has started training (``rss()`` reads the victim's resident memory; the attack returns it
+    when done); return (results, agent 0's stderr, its RSS growth in kB while attacked, or None)."""
+    swarm, work, out, stop = _swarm(rounds), tmp_path / "work", {}, threading.Event()
+
+    def attacker():
+        log = work / "agent0.jsonl"
+        while not (log.exists() and log.read_text().count("\n") >= 2) and not stop.is_set():
+            time.sleep(0.02)
+        node = tomllib.loads((work / "node0.toml").read_text())
+        pid = next(int(p) for p in os.listdir("/proc") if p.isdigit() and
+                   str(work / "node0.toml").encode() in open(f"/proc/{p}/cmdline", "rb").read())
+        out["rss0"] = _rss_kb(pid)
+        out["rss1"] = attack(node["bind"], work, stop, lambda: _rss_kb(pid))
+
+    thread = threading.Thread(target=attacker)
+    thread.start()
+    try:
+        results = run_loopback(swarm, work, round_deadline=2.0)
+    finally:
+        stop.set()
+        thread.join()
+    rss = None if out.get("rss0") is None or out.get("rss1") is None else out["rss1"] - out["rss0"]
+    return results, (work / "agent0.stderr").read_text(), rss
+
+
+def _socket(ctx, address, keys=None, claim_key=None):
+    """A PUSH socket to ``address``: plain, or a CURVE client holding ``claim_key``'s keypair."""
+    s = ctx.socket(zmq.PUSH)
+    s.setsockopt(zmq.LINGER, 2000 if claim_key else 0)
+    s.setsockopt(zmq.SNDHWM, 100 if claim_key else 100000)
+    s.setsockopt(zmq.SNDTIMEO, 2000)
+    if claim_key:
+        s.curve_publickey, s.curve_secretkey = read_keypair(keys / f"{claim_key}.key_secret")
+        s.curve_serverkey = read_public(keys / "agent0.key")
+    s.connect(address)
+    return s
+
+
+def _send(sock, frames, stop, wait: bool = True) -> bool:
+    """Send, waiting at most SNDTIMEO for room (the victim reads at its own pace); False if not sent.
+    An unauthenticated socket never completes its handshake: ``wait=False`` for it."""
+    if stop.is_set():
+        return False
+    try:
+        sock.send_multipart(frames, flags=0 if wait else zmq.NOBLOCK)
+        return True
+    except zmq.Again:
+        return False
+
+
+def _forgeries(work) -> list[list[bytes]]:
+    swarm = _swarm()
+    cfg = model_config(swarm.spec.model, 64, 1)
+    poison = np.full(cfg.num_params, 1e6)
+    base = {"sender": 1, "model_hash": cfg.hash()}
+    out = [encode({**base, "type": "params", "round": k, "algorithm": "dgd"}, poison) for k in range(40)]
+    out += [encode({**base, "type": "hello", "spec_hash": "0" * 16, "degree": 2, "heard": [0], "reply": False}),
+            encode({**base, "type": "bye"})] * 5
+    return [[bytes(f) for f in frames] for frames in out]
+
+
+@pytest.mark.parametrize("who", ["unauthenticated", "agent3's key claiming agent 1"])
+def test_forged_params_hello_and_bye_are_never_accepted(tmp_path, fault_free, who):
+    def attack(address, work, stop, rss):
+        ctx = zmq.Context()
+        sock = _socket(ctx, address, work / "keys", None if who == "unauthenticated" else "agent3")
+        try:
+            for _ in range(3):
+                for frames in _forgeries(work):
+                    _send(sock, frames, stop, wait=who != "unauthenticated")
+                time.sleep(0.2)
+        finally:
+            sock.close()
+            ctx.term()
+
+    results, stderr, _ = _attack_run(tmp_path, attack)
+    for key in ("train_loss", "test_loss"):
+        assert results[key] == fault_free[key]  # bit-identical: not one forged value got in
+    victim = results["agents"][0]
+    assert not victim["suspected"] and not results["failed_agents"]
+    if who == "unauthenticated":  # refused at the CURVE handshake: nothing reached the decoder
+        assert "forged" not in victim["dropped"] and "invalid" not in victim["dropped"]
+    else:  # let in by the handshake, then refused message by message: sent with 3's key, claiming 1
+        assert victim["dropped"]["forged"] >= 10 and "invalid" not in victim["dropped"]
+        assert "was sent with peer 3's key" in stderr
+
+
+def _mutations(rng, valid: list[list[bytes]], n: int):
+    crash = [[b"[" * 1000], [b'{"v": 2, "sender": ' + b"7" * 5000 + b"}"],
+             [b'{"v": 2, "type": "hello", "sender": 3, "model_hash": "x", "spec_hash": "s", "degree": 1'
+              + b"0" * 400 + b', "heard": [], "reply": false}'], [b'{"v": NaN}'], [b"\xff" * 1024]]
+    for i in range(n):
+        if i % 10 == 0:
+            yield crash[(i // 10) % len(crash)]
+            continue
+        frames = [bytearray(f) for f in valid[rng.integers(len(valid))]]
+        for _ in range(rng.integers(1, 4)):
+            f = frames[rng.integers(len(frames))]
+            if len(f):
+                at = int(rng.integers(len(f)))
+                f[at:at + 1] = bytes(rng.integers(0, 256, size=int(rng.integers(0, 4)), dtype=np.uint8))
+        if rng.random() < 0.1:
+            frames = frames[: int(rng.integers(1, len(frames) + 1))]
+        yield [bytes(f) for f in frames]
+
+
+def test_live_fuzz_of_ten_thousand_frames_neither_crashes_nor_changes_training(tmp_path, capsys):
+    rounds = 1500  # long enough that the victim is still training when the last frame has gone out
+    def attack(address, work, stop, rss):
+        swarm = _swarm()
+        cfg = model_config(swarm.spec.model, 64, 1)
+        theta = init_params(cfg, np.float64)
+        valid = [[bytes(f) for f in encode({"type": "params", "sender": 3, "round": 5, "algorithm": "dgd",
+                                             "model_hash": cfg.hash()}, theta)],
+                 [bytes(f) for f in encode({"type": "hello", "sender": 3, "model_hash": cfg.hash(), "spec_hash":
+                                             spec_hash(swarm.spec), "degree": 2, "heard": [0], "reply": True})]]
+        ctx = zmq.Context()
+        rng = np.random.default_rng(0)
+        socks = [_socket(ctx, address), _socket(ctx, address, work / "keys", "agent3")]
+        try:
+            sent = [0, 0]
+            for i, frames in enumerate(_mutations(rng, valid, 10000)):
+                sent[i % 2] += _send(socks[i % 2], frames, stop, wait=i % 2 == 1)
+            assert sent[1] >= 4500, sent  # the allow-listed half went out: the victim read them
+            return rss()
+        finally:
+            for s in socks:
+                s.close()
+            ctx.term()
+
+    results, stderr, rss_growth_kb = _attack_run(tmp_path, attack, rounds)
+    fault_free = run_loopback(_swarm(rounds), tmp_path / "clean", round_deadline=2.0)
+    for key in ("train_loss", "test_loss"):
+        assert results[key] == fault_free[key]
+    assert not results["failed_agents"] and not results["agents"][0]["suspected"]
+    dropped = results["agents"][0]["dropped"]
+    assert dropped["invalid"] + dropped.get("forged", 0) >= 4000  # the allow-listed half reached the decoder
+    with capsys.disabled():
+        print(f"\n  live fuzz: dropped {dropped}, victim stderr {len(stderr.encode())} bytes, "
+              f"RSS growth {rss_growth_kb} kB, training bit-identical")
+    assert len(stderr.encode()) < 100_000 and "Traceback" not in stderr
+    assert rss_growth_kb is not None and rss_growth_kb < 20 * 1024
+
+
+def test_revoking_a_key_takes_effect_without_a_restart(tmp_path):
+    keys = tmp_path / "keys"
+    for name in ("a0", "a1"):
+        new_keypair(keys, name)
+    ports = free_tcp_port(), free_tcp_port()
+    kw = dict(model_hash="m", spec_hash="s", algorithm="dgd", dtype="float64", shape=(3,), deadline=2.0)
+    allow0 = tmp_path / "allow0"
+    allow0.mkdir()
+    (allow0 / "a1.key").write_bytes((keys / "a1.key").read_bytes())
+    t0 = Transport(0, f"tcp://127.0.0.1:{ports[0]}", {1: f"tcp://127.0.0.1:{ports[1]}"},
+                   curve=Curve(keys / "a0.key_secret", {1: allow0 / "a1.key"}), **kw)
+    t1 = Transport(1, f"tcp://127.0.0.1:{ports[1]}", {0: f"tcp://127.0.0.1:{ports[0]}"},
+                   curve=Curve(keys / "a1.key_secret", {0: keys / "a0.key"}), **kw)
+    got = {}
+
+    def both(f0, f1):
+        th = threading.Thread(target=lambda: got.update(one=f1()))
+        th.start()
+        got["zero"] = f0()
+        th.join()
+        return got["zero"], got["one"]
+
+    try:
+        both(lambda: t0.handshake(1, 10), lambda: t1.handshake(1, 10))
+        zero, one = both(lambda: t0.exchange(0, np.zeros(3)), lambda: t1.exchange(0, np.ones(3)))
+        assert set(zero) == {1} and set(one) == {0}
+        (allow0 / "a1.key").unlink()  # revoke agent 1 on agent 0 only
+        time.sleep(1.1)  # the allow-list looks at its files at most once a second
+        zero, one = both(lambda: t0.exchange(1, np.zeros(3), deadline=1.0), lambda: t1.exchange(1, np.ones(3)))
+        assert zero == {} and 1 in t0.suspected and t0.drop_counts["forged"] >= 1
+        assert "unknown or revoked" in t0.dropped[-1][1] or any("revoked" in r for _, r in t0.dropped)
+    finally:
+        t0.close()
+        t1.close()
