@@ -16,6 +16,11 @@ in machine load hits all alike, and each figure is the median of `repeats` sampl
 
 ratio = exchange / raw_echo (the target: <= 1.5); ratio_vs_swap = exchange / raw_swap isolates
 the transport's own overhead, because it removes the echo's serialisation of the two directions.
+
+CURVE (what agents run by default): curve_raw_echo_s is the raw echo with CurveZMQ on both links
+(encryption, no allow-list), curve_exchange_s the agents' exchange (copy=False) between CURVE
+transports with their ZAP allow-lists and per-message key binding; curve_ratio = their ratio
+(the target: <= 1.3).
 Run: python benchmarks/bench_transport.py [--params N] [--repeats R] [--dtype float32|float64]
 """
 from __future__ import annotations
@@ -24,6 +29,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -32,26 +38,41 @@ import numpy as np
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
+from coordinator_free.keys import Curve, new_keypair, read_keypair  # noqa: E402
 from coordinator_free.transport import Transport, free_tcp_port  # noqa: E402
+
+KEYS = Path(tempfile.mkdtemp(prefix="p2pntk-bench-keys-"))
+for _name in ("a", "b"):
+    new_keypair(KEYS, _name)
 
 WARMUP = 3
 ROUNDS = 10  # iterations per sample
 
 
-def _pair(ctx_a: zmq.Context, ctx_b: zmq.Context):
-    """Two PUSH/PULL links A->B and B->A on random loopback ports."""
+def _secure(server: zmq.Socket, client: zmq.Socket, server_name: str, client_name: str) -> None:
+    public, secret = read_keypair(KEYS / f"{server_name}.key_secret")
+    server.curve_publickey, server.curve_secretkey, server.curve_server = public, secret, True
+    client.curve_publickey, client.curve_secretkey = read_keypair(KEYS / f"{client_name}.key_secret")
+    client.curve_serverkey = public
+
+
+def _pair(ctx_a: zmq.Context, ctx_b: zmq.Context, curve: bool = False):
+    """Two PUSH/PULL links A->B and B->A on random loopback ports (with CurveZMQ if ``curve``)."""
     pull_a, pull_b = ctx_a.socket(zmq.PULL), ctx_b.socket(zmq.PULL)
+    push_a, push_b = ctx_a.socket(zmq.PUSH), ctx_b.socket(zmq.PUSH)
+    if curve:
+        _secure(pull_b, push_a, "b", "a")
+        _secure(pull_a, push_b, "a", "b")
     port_a = pull_a.bind_to_random_port("tcp://127.0.0.1")
     port_b = pull_b.bind_to_random_port("tcp://127.0.0.1")
-    push_a, push_b = ctx_a.socket(zmq.PUSH), ctx_b.socket(zmq.PUSH)
     push_a.connect(f"tcp://127.0.0.1:{port_b}")
     push_b.connect(f"tcp://127.0.0.1:{port_a}")
     return (push_a, pull_a), (push_b, pull_b)
 
 
-def _raw(payload: np.ndarray, swap: bool) -> float:
+def _raw(payload: np.ndarray, swap: bool, curve: bool = False) -> float:
     ctx_a, ctx_b = zmq.Context(), zmq.Context()
-    (push_a, pull_a), (push_b, pull_b) = _pair(ctx_a, ctx_b)
+    (push_a, pull_a), (push_b, pull_b) = _pair(ctx_a, ctx_b, curve)
     n = WARMUP + ROUNDS
 
     def peer_b():
@@ -79,12 +100,14 @@ def _raw(payload: np.ndarray, swap: bool) -> float:
     return period
 
 
-def _exchange(payload: np.ndarray, copy: bool = True) -> float:
+def _exchange(payload: np.ndarray, copy: bool = True, curve: bool = False) -> float:
     port_a, port_b = (f"tcp://127.0.0.1:{free_tcp_port()}" for _ in range(2))
     kw = dict(model_hash="bench", spec_hash="bench", algorithm="dgd", dtype=payload.dtype.name,
               shape=payload.shape)
-    a = Transport(0, port_a, {1: port_b}, **kw)
-    b = Transport(1, port_b, {0: port_a}, **kw)
+    a = Transport(0, port_a, {1: port_b}, curve=Curve(KEYS / "a.key_secret", {1: KEYS / "b.key"}) if curve else None,
+                  **kw)
+    b = Transport(1, port_b, {0: port_a}, curve=Curve(KEYS / "b.key_secret", {0: KEYS / "a.key"}) if curve else None,
+                  **kw)
     n = WARMUP + ROUNDS
 
     def peer_b():
@@ -115,7 +138,9 @@ def run(params: int, repeats: int, dtype: str = "float32") -> dict:
     methods = {"raw_echo_s": lambda: _raw(payload, swap=False),
                "raw_swap_s": lambda: _raw(payload, swap=True),
                "exchange_s": lambda: _exchange(payload),
-               "exchange_nocopy_s": lambda: _exchange(payload, copy=False)}
+               "exchange_nocopy_s": lambda: _exchange(payload, copy=False),
+               "curve_raw_echo_s": lambda: _raw(payload, swap=False, curve=True),
+               "curve_exchange_s": lambda: _exchange(payload, copy=False, curve=True)}
     samples: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(repeats):
         for name, method in methods.items():
@@ -125,7 +150,8 @@ def run(params: int, repeats: int, dtype: str = "float32") -> dict:
             "repeats": repeats, "rounds_per_sample": ROUNDS, **r,
             "ratio": r["exchange_s"] / r["raw_echo_s"],
             "ratio_vs_swap": r["exchange_s"] / r["raw_swap_s"],
-            "ratio_nocopy": r["exchange_nocopy_s"] / r["raw_echo_s"]}
+            "ratio_nocopy": r["exchange_nocopy_s"] / r["raw_echo_s"],
+            "curve_ratio": r["curve_exchange_s"] / r["curve_raw_echo_s"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,6 +174,9 @@ def report(r: dict) -> None:
     print(f"  ratio exchange / echo     : {r['ratio']:8.2f}   (target <= 1.5)")
     print(f"  ratio exchange / swap     : {r['ratio_vs_swap']:8.2f}")
     print(f"  ratio copy=False / echo   : {r['ratio_nocopy']:8.2f}")
+    print(f"  CURVE raw pyzmq echo      : {r['curve_raw_echo_s'] * 1e3:8.3f} ms")
+    print(f"  CURVE agents' exchange    : {r['curve_exchange_s'] * 1e3:8.3f} ms")
+    print(f"  ratio CURVE exchange/echo : {r['curve_ratio']:8.2f}   (target <= 1.3)")
 
 
 if __name__ == "__main__":

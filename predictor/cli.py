@@ -10,11 +10,12 @@ import argparse
 import sys
 
 from coordinator_free.common.errors import Diverged, SwarmIncomplete, Terminated, UserError, exit_status, sigterm_unwinds
-from predictor.commands import (bench, compare, demo, export_onnx, loopback, predict, profiles, reproduce,
-                                simulate, stability, tune)
+from predictor.commands import (bench, compare, demo, export_onnx, keys, loopback, predict, profiles,
+                                reproduce, simulate, stability, tune)
 
 # Each module defines register(subparsers), which sets ``func`` on its parser; this is the help order.
-COMMANDS = (demo, simulate, predict, stability, compare, reproduce, bench, export_onnx, loopback, profiles, tune)
+COMMANDS = (demo, simulate, predict, stability, compare, reproduce, bench, export_onnx, loopback, keys, profiles,
+            tune)
 
 
 def build_parser() -> argparse.ArgumentParser:
