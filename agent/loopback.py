@@ -17,6 +17,7 @@ import numpy as np
 
 from agent.device import THREAD_CAP_VAR
 from agent.node import NodeConfig, node_table
+from agent.process import read_round_log
 from agent.swarm import Swarm
 from coordinator_free.common.errors import EXIT_ADDRESS_IN_USE, EXIT_BAD_INPUT, UserError
 from coordinator_free.common.files import write_npz, write_toml
@@ -100,9 +101,9 @@ def run_loopback(swarm: Swarm, workdir: Path, *, timeout: float = 600.0, round_d
                                  extra=extra, per_agent=per_agent)
         jobs = [Job(f"agent{q}", [sys.executable, "-m", "agent", str(path)], workdir / f"agent{q}.jsonl",
                     workdir / f"agent{q}.stderr") for q, path in enumerate(nodes)]
-        for job in jobs:
-            job.log.unlink(missing_ok=True)
-            (workdir / f"{job.name}.json").unlink(missing_ok=True)
+        for job in jobs:  # a fresh run: no log, results or checkpoint of an earlier one (it would resume)
+            for leftover in (job.log, workdir / f"{job.name}.json", workdir / f"{job.name}.ckpt.npz"):
+                leftover.unlink(missing_ok=True)
         t0 = time.perf_counter()
         outcomes = launch(jobs, expected_lines=rounds + 1, timeout=timeout, progress=progress,
                           env=agent_environment(swarm.n_agents), abort_on=frozenset({EXIT_BAD_INPUT, EXIT_ADDRESS_IN_USE}))
@@ -117,20 +118,9 @@ def run_loopback(swarm: Swarm, workdir: Path, *, timeout: float = 600.0, round_d
     raise AssertionError("unreachable")
 
 
-def _read_log(path: Path) -> list[dict]:
-    """An agent's round log; a line cut short by a crash is skipped."""
-    records = []
-    for line in (path.read_text().splitlines() if path.exists() else []):
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            pass
-    return records
-
-
 def agent_summary(q: int, workdir: Path, outcome: Outcome | None) -> dict:
     """Agent q's results: its own results file or, if it died before writing one, its round log."""
-    log = _read_log(workdir / f"agent{q}.jsonl")
+    log = [r for _, r in sorted(read_round_log(workdir / f"agent{q}.jsonl").items())]
     path = workdir / f"agent{q}.json"
     own = json.loads(path.read_text()) if path.exists() else {}
     out = {key: own.get(key, [r[key] for r in log if key in r]) for key in ("train_loss", "test_loss", "test_accuracy")}

@@ -23,8 +23,8 @@ from agent.model import ModelConfig, init_params
 from agent.node import NodeConfig, link_security, load_local_data
 from agent.rounds import RoundTimes, run_rounds
 from agent.spec import spec_hash
-from coordinator_free.common.errors import Diverged, Terminated
-from coordinator_free.common.files import write_json, write_npz
+from coordinator_free.common.errors import Diverged, Terminated, UserError
+from coordinator_free.common.files import read_npz, write_json, write_npz
 from coordinator_free.gossip import BoardTransport, transports
 from coordinator_free.topology import mixing_row
 
@@ -33,11 +33,12 @@ HISTORY_KEYS = ("train_loss", "test_loss", "test_accuracy")
 
 
 class RoundLog:
-    """Appends one JSON line per round and flushes it, so a crash loses at most one line."""
+    """Appends one JSON line per round and flushes it, so a crash loses at most one line. The file is
+    only ever appended to: a resumed agent continues it (a round logged twice: the later line counts)."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(path, "w", buffering=1)  # noqa: SIM115 - closed by __exit__
+        self.fh = open(path, "a", buffering=1)  # noqa: SIM115 - closed by __exit__
 
     def write(self, record: dict) -> None:
         self.fh.write(json.dumps(record) + "\n")
@@ -58,6 +59,7 @@ class Recorder:
         self.roundlog, self.hooks = roundlog, hooks
         self.history: dict[str, list] = {}
         self.theta: np.ndarray | None = None  # the last finite parameters
+        self.state: Arrays = ()
         self.round = -1
         self._counters = (transport.bytes_sent, transport.bytes_received, transport.wait_seconds)
         self._checkpointed = -1
@@ -82,14 +84,16 @@ class Recorder:
         for key in HISTORY_KEYS:
             if key in record:
                 self.history.setdefault(key, []).append(record[key])
-        self.theta, self.round = state[0], k
+        self.theta, self.state, self.round = state[0], state, k
         every = self.node.checkpoint_every
         if every and k > 0 and k % every == 0:
             self.checkpoint(k)
 
     def checkpoint(self, k: int) -> None:
+        """theta, the whole algorithm state (GT's tracker too), the round and the model hash: what resume needs."""
         if self.node.checkpoint and k != self._checkpointed:
-            write_npz(self.node.checkpoint, theta=self.theta, round=np.array(k), model_hash=np.array(self.cfg.hash()))
+            write_npz(self.node.checkpoint, theta=self.theta, state=np.stack(self.state), round=np.array(k),
+                      model_hash=np.array(self.cfg.hash()), algorithm=np.array(self.node.spec.train.algorithm))
             self._checkpointed = k
 
 
@@ -126,11 +130,26 @@ def run_node(node: NodeConfig) -> dict:
             discovery.close()
 
 
+def resume_point(node: NodeConfig, cfg: ModelConfig, n_arrays: int, dtype: np.dtype) -> tuple[int, Arrays | None]:
+    """(round, state) from the node's checkpoint if it has one for this model and algorithm, else (0, None)."""
+    if not node.checkpoint or not Path(node.checkpoint).exists():
+        return 0, None
+    z = read_npz(node.checkpoint, f"checkpoint {node.checkpoint}", ("state", "round", "model_hash", "algorithm"))
+    if str(z["model_hash"]) != cfg.hash() or str(z["algorithm"]) != node.spec.train.algorithm \
+            or z["state"].shape != (n_arrays, cfg.num_params):
+        raise UserError(f"checkpoint {node.checkpoint} is of another model or algorithm (model hash "
+                        f"{z['model_hash']}, algorithm {z['algorithm']}); move it away to start afresh")
+    return int(z["round"]), tuple(np.array(a, dtype=dtype) for a in z["state"])
+
+
 def _train(node: NodeConfig, learner: LocalLearner, theta0: np.ndarray, cfg: ModelConfig,
            peers: dict[int, str], hooks: DeviceHooks | None) -> dict:
-    """Handshake, the round loop, the final BYE and results."""
+    """Handshake (resuming from the checkpoint if there is one), the round loop, the final BYE and results."""
     spec, train = node.spec, node.spec.train
     alg = ALGORITHMS[train.algorithm]
+    start, state = resume_point(node, cfg, len(alg.init(theta0, lambda t: t)), theta0.dtype)
+    if state is not None:
+        log.warning("node %d: resuming from %s at round %d", node.id, node.checkpoint, start)
     curve = link_security(node, peers)
     if curve is None:
         log.warning("node %d: insecure = true: plain TCP, so messages are neither encrypted nor authenticated; "
@@ -140,16 +159,19 @@ def _train(node: NodeConfig, learner: LocalLearner, theta0: np.ndarray, cfg: Mod
     with RoundLog(node.log) as roundlog, transports()[node.transport](
             node.id, node.bind, peers, model_hash=cfg.hash(), spec_hash=spec_hash(spec), algorithm=alg.name,
             dtype=theta0.dtype.name, shape=(cfg.num_params,), arrays=len(alg.messages),
-            deadline=node.round_deadline, copy_sends=False, curve=curve, logger=log) as transport:
+            deadline=node.round_deadline, copy_sends=False, curve=curve, start_round=start, logger=log) as transport:
         hellos = transport.handshake(len(peers), node.handshake_timeout)
         row = mixing_row(spec.network.weights, len(peers), {pid: int(h["degree"]) for pid, h in hellos.items()},
                          node.id, spec.network.agents)
         log.info("node %d: handshake done with %s; row %s", node.id, sorted(hellos), row)
         recorder = Recorder(node, learner, cfg, transport, roundlog, hooks)
+        if state is not None:
+            roundlog.write({"event": "resumed", "round": start, "checkpoint": str(node.checkpoint)})
+            recorder.history = history_from_log(node.log, start)
         gossip = hooks.gossip(transport) if hooks else transport
         stopped: BaseException | None = None
         try:
-            run_rounds(alg, theta0, learner.grad, float(train.lr), train.rounds, gossip, row, recorder)
+            run_rounds(alg, theta0, learner.grad, float(train.lr), train.rounds, gossip, row, recorder, start, state)
         except (Diverged, KeyboardInterrupt, Terminated) as err:  # say so, keep what is good, then re-raise
             stopped = err
         transport.bye()
@@ -157,7 +179,9 @@ def _train(node: NodeConfig, learner: LocalLearner, theta0: np.ndarray, cfg: Mod
                    "bytes_sent": transport.bytes_sent, "bytes_received": transport.bytes_received,
                    "wait_s": transport.wait_seconds, "wall_s": time.perf_counter() - t_start,
                    "suspected": sorted(transport.suspected), "dropped": dict(transport.drop_counts),
-                   "model_hash": cfg.hash(), "n_params": cfg.num_params, "neighbours": sorted(peers)}
+                   "model_hash": cfg.hash(), "n_params": cfg.num_params, "neighbours": sorted(peers),
+                   "rejoined": {str(p): n for p, n in transport.rejoined.items()}, "resumed_at_round":
+                   start if state is not None else None}
         if hooks:
             results["profile"] = {"name": hooks.profile.name, "emulated": hooks.emulate,
                                   "estimated_round_s": hooks.estimate["total_s"]}
@@ -171,6 +195,26 @@ def _train(node: NodeConfig, learner: LocalLearner, theta0: np.ndarray, cfg: Mod
     if stopped is not None:
         raise stopped
     return results
+
+
+def read_round_log(path: Path) -> dict[int, dict]:
+    """The round log as {round: record}: the last line of each round counts; event lines and a line cut
+    short by a crash are skipped."""
+    records: dict[int, dict] = {}
+    for line in (Path(path).read_text().splitlines() if Path(path).exists() else []):
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if "train_loss" in r:
+            records[r["round"]] = r
+    return records
+
+
+def history_from_log(path: Path, before: int) -> dict[str, list]:
+    """The history of the rounds logged before ``before`` (a resumed agent's earlier life)."""
+    records = [r for k, r in sorted(read_round_log(path).items()) if k < before]
+    return {key: [r[key] for r in records if key in r] for key in HISTORY_KEYS}
 
 
 def loss_growth(losses: list[float]) -> float | None:

@@ -62,16 +62,20 @@ def run_rounds(alg: Algorithm, theta0: np.ndarray, grad: Callable[[np.ndarray, i
                state: Arrays | None = None) -> Arrays:
     """Rounds ``start`` .. ``rounds`` - 1 of ``alg`` from theta_0 (or from ``state``); returns the last state.
 
-    ``grad(theta, k)`` is grad L_q on round k's batch. ``on_round(k, state, times)`` is called for
-    k = start .. rounds, before round k's update (k = rounds: the final state), with the timings of the
-    round that produced it: logging, checkpoints, progress and emulation hook in there.
+    ``grad(theta, k)`` is grad L_q on round k's batch. ``on_round(k, state, times)`` is called before
+    round k's update (k = rounds: the final state), with the timings of the round that produced it:
+    logging, checkpoints, progress and emulation hook in there. A gossip with ``next_round(k)`` may move
+    the agent ahead to the swarm's round (a paused or resumed agent catching up): the rounds between
+    are skipped, with the state kept as it is.
     """
     state = alg.init(theta0, lambda t: grad(t, start)) if state is None else state
-    times = RoundTimes()
-    for k in range(start, rounds + 1):
+    times, k = RoundTimes(), start
+    catch_up = getattr(gossip, "next_round", lambda r: r)
+    while True:
+        k = min(max(k, catch_up(k)), rounds)
         on_round(k, state, times)
         if k == rounds:
-            break
+            return state
         times = RoundTimes()
         state = agent_round(alg, state, lambda t, k=k: grad(t, k), alpha, gossip, k, row, times)
-    return state
+        k += 1

@@ -24,10 +24,15 @@ does to finished peers every 0.2 s during its handshake, and a missing neighbour
 within deadline/2 gets extra time (up to MAX_WAIT x deadline; so use deadlines > 0.4 s). Without this, one dead agent
 would make its neighbours late, their neighbours would suspect them, and so on: a cascade.
 
-Suspicion is final for the run: a suspected neighbour is no longer sent to or waited for, and
-its later messages are dropped. Because we stop sending, it misses our next message and
-suspects us too, so the live graph is symmetric again one round later (rejoin is future work,
-docs/design.md section 7). A peer that sends BYE leaves the live set without suspicion.
+Suspicion and rejoin: a suspected neighbour is no longer sent to or waited for, and its params are
+dropped. Because we stop sending, it misses our next message and suspects us too, so the live graph
+is symmetric again one round later. While suspecting, an agent sends a HELLO to its suspected
+neighbours every deadline; a valid HELLO from a suspected (or departed) neighbour re-admits it, on
+both sides. HELLOs carry the sender's round: the one behind (a paused board, a restarted one) skips
+ahead to the other's round (`next_round`), keeping its parameters, which re-enter the mix from that
+round on; the one ahead resends its current round's params and waits for the rejoiner's. A live
+neighbour already past our round is not waited for (we catch up with it instead). A peer that sends
+BYE leaves the live set without suspicion (and may come back the same way).
 
 A Transport is not thread-safe: use it from one thread. Received arrays are read-only views of
 the ZeroMQ frames (no copy); copy them before writing.
@@ -83,7 +88,7 @@ class Transport:
 
     def __init__(self, node_id: int, bind: str, peers: dict[int, str], *, model_hash: str,
                  spec_hash: str, algorithm: str, dtype: str, shape: tuple[int, ...], arrays: int = 1,
-                 deadline: float = 10.0, copy_sends: bool = True, curve: Curve | None = None,
+                 deadline: float = 10.0, copy_sends: bool = True, curve: Curve | None = None, start_round: int = 0,
                  logger: logging.Logger | None = None, context: zmq.Context | None = None):
         if node_id in peers:
             raise UserError(f"node {node_id} lists itself among its peers")
@@ -103,7 +108,12 @@ class Transport:
         self.bytes_sent = self.bytes_received = 0
         self.wait_seconds = 0.0
         self.last_round_stats: dict = {}
-        self._round = 0  # params for rounds below this are stale
+        self._round = int(start_round)  # params for rounds below this are stale
+        self.catch_up = self._round  # the highest round a neighbour's HELLO reported (see next_round)
+        self.rejoined: collections.Counter[int] = collections.Counter()  # re-admissions per peer
+        self._peer_round: dict[int, int] = {}  # each peer's latest known round
+        self._last_params: tuple[int, list] | None = None  # this round's frames, resent to a rejoiner
+        self._owed: dict[int, list] = {}  # rejoiner -> the round's frames it is still owed (its link was reconnecting)
         self._pending: dict[int, dict[int, np.ndarray]] = collections.defaultdict(dict)
         self._hellos: dict[int, dict] = {}
         self._mismatch: dict[int, str] = {}
@@ -207,7 +217,7 @@ class Transport:
         heard = sorted(self._hellos.keys() | self._mismatch.keys())
         frames = encode({**self._extra, "type": "hello", "sender": self.node_id,
                          "model_hash": self.model_hash, "spec_hash": self.spec_hash,
-                         "degree": self._degree, "heard": heard, "reply": reply})
+                         "degree": self._degree, "round": self._round, "heard": heard, "reply": reply})
         if self._send(pid, frames, quiet=True) and pid in heard:
             self._told.add(pid)
 
@@ -223,10 +233,54 @@ class Transport:
                                      f"has {problem}"
         else:
             self._hellos[sender] = h
+            back = sender in self.suspected or sender in self.departed
+            if self._handshaking or back or h["round"] >= self._round + 2:
+                # a neighbour two rounds ahead moved on without us (we were paused, or are resuming):
+                # we catch up with it. One round ahead is normal: its message for ours is on the way.
+                self._peer_round[sender] = max(self._peer_round.get(sender, 0), h["round"])
+                self.catch_up = max(self.catch_up, h["round"])
+            if back:
+                self._readmit(sender)
         if isinstance(h.get("heard"), list) and self.node_id in h["heard"]:
             self._acked.add(sender)
         if h.get("reply") is not True and sender in self.live:
             self._say_hello(sender, reply=True)
+
+    def _readmit(self, sender: int) -> None:
+        """A suspected (or departed) neighbour is back with a valid HELLO: live again from this round.
+
+        Its weight returns to its place in our row (the round loop mixes over whoever answered), and so
+        does ours in its row once it has our HELLO too. If we already sent this round's params, it gets
+        them now; it catches up to our round (``next_round``) and sends its own for this round.
+        """
+        self.suspected.discard(sender)
+        self.departed.discard(sender)
+        self.rejoined[sender] += 1
+        self.log.warning("node %d: peer %d (%s) is back (its round %d, ours %d): re-admitted", self.node_id,
+                         sender, self.peers[sender], self._peer_round.get(sender, 0), self._round)
+        # the link to a restarted peer may still be reconnecting: wait for it a little (a rare event)
+        self._push[sender].poll(int(125 * self.deadline), zmq.POLLOUT)
+        self._say_hello(sender, reply=True)
+        if self._last_params is not None and self._last_params[0] == self._round:
+            self._owed[sender] = self._last_params[1]
+        self._pay_owed()
+
+    def _pay_owed(self) -> None:
+        """Send re-admitted peers the round's frames they missed (retried every heartbeat and every round
+        until sent: the link to a restarted peer takes a moment to reconnect)."""
+        for pid, frames in sorted(self._owed.items()):
+            if self._send(pid, frames, quiet=True):
+                del self._owed[pid]
+
+    def next_round(self, round: int) -> int:
+        """The round to run after ``round``'s predecessor: ``round``, or later if a neighbour that (re)joined
+        reported a later one (a resumed or paused agent catches up with the swarm, skipping rounds)."""
+        return max(round, self.catch_up)
+
+    def _probe(self) -> None:
+        """HELLO to suspected neighbours, so that one that comes back is re-admitted on both sides."""
+        for pid in sorted(self.suspected):
+            self._say_hello(pid, reply=False)
 
     # -- rounds ------------------------------------------------------------------------------
     def exchange(self, round: int, arrays: tuple[np.ndarray, ...] | np.ndarray, deadline: float | None = None,
@@ -262,7 +316,9 @@ class Transport:
         trackers = None
         if copy:
             arrays, trackers = self._snapshot(arrays)
+        self._pay_owed()
         frames = self._params_frames(round, arrays)
+        self._last_params = (round, frames)
         for pid in sorted(self.live):
             self._send(pid, frames, trackers=trackers)
         waiting = time.monotonic()
@@ -271,7 +327,7 @@ class Transport:
         self.wait_seconds += waited
         got = {p: a for p, a in sorted(self._pending.pop(round).items())
                if p not in self.suspected}  # buffered before the sender became suspected
-        late = sorted(self.live - got.keys())
+        late = sorted(self.live - got.keys() - self._ahead(round))
         for pid in late:
             self.log.warning("node %d: peer %d (%s) missed the %.3g s deadline of round %d; "
                              "suspected from now on", self.node_id, pid, self.peers[pid], deadline,
@@ -319,19 +375,29 @@ class Transport:
         """
         got, beat = self._pending[round], max(deadline / 4, 0.01)
         end, hard_end, next_beat = start + deadline, start + MAX_WAIT * deadline, start + beat
-        while missing := self.live - got.keys():
+        next_probe = start + deadline
+        while missing := self.live - got.keys() - self._ahead(round):
             now = time.monotonic()
+            if now >= next_probe:
+                self._probe()
+                next_probe = now + deadline
             if now >= end:
                 self._pump(0)  # take what has arrived before deciding
-                missing = self.live - got.keys()
+                missing = self.live - got.keys() - self._ahead(round)
                 if not missing or now >= hard_end or all(
                         now - self._last_heard.get(p, -math.inf) >= deadline / 2 for p in missing):
                     return
             if now >= next_beat:
                 for pid in sorted(self.live):
                     self._say_hello(pid, reply=True)
+                self._pay_owed()
                 next_beat = now + beat
             self._pump(min(next_beat, end if now < end else hard_end) - now)
+
+    def _ahead(self, round: int) -> set[int]:
+        """Live neighbours two or more rounds past ``round``: they moved on without us and will not send it;
+        we catch up with them instead. (One round ahead is normal: its message for ``round`` is on the way.)"""
+        return {p for p in self.live if self._peer_round.get(p, -1) >= round + 2}
 
     def bye(self) -> None:
         """Tell every live neighbour that we are leaving (they drop us without suspicion)."""
@@ -442,7 +508,7 @@ class Transport:
     def _handle_checked(self, frames: list) -> None:
         self.bytes_received += sum(len(f) for f in frames)
         expect = Expect(set(self.peers), self.model_hash, self.algorithm, {self.dtype.name},
-                        self.shape, 0, self._round + ROUND_WINDOW, self.arrays)
+                        self.shape, 0, max(self._round, self.catch_up) + ROUND_WINDOW, self.arrays)
         try:
             msg = decode(frames, expect)
         except WireError as e:
@@ -478,3 +544,4 @@ class Transport:
                        logging.WARNING)
         else:
             self._pending[msg.round][s] = msg.arrays
+            self._peer_round[s] = max(self._peer_round.get(s, 0), msg.round)

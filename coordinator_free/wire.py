@@ -6,7 +6,8 @@ expects and raises `WireError` naming the first problem. Nothing from the wire i
 Frames: [header] for hello and bye, [header, array_1, ..., array_n] for params, where n is the
 algorithm's number of messages (1 for DGD/ATC/CTA, 2 for GT: theta and the tracker). Header keys:
   every type  v (= PROTOCOL_VERSION), type, sender (int), model_hash (str)
-  hello       spec_hash (str), degree (int >= 0), heard (list of ids), reply (bool), extras
+  hello       spec_hash (str), degree (int >= 0), round (the sender's current round), heard (list of
+              ids), reply (bool), extras
   params      round (int), algorithm (str), dtype ("float32" | "float64"), shape (list of int),
               arrays (int, = n)
 Array frames: the prod(shape) * itemsize bytes of each array, little-endian, C order; all arrays of
@@ -177,6 +178,7 @@ def decode(frames: list, expect: Expect) -> Message:
     if kind == "hello":
         _field(h, "spec_hash", str)
         _int(h, "degree")
+        _int(h, "round")
         heard = _field(h, "heard", list)
         if len(heard) > MAX_HEARD or not all(type(i) is int and 0 <= i <= MAX_INT for i in heard):
             raise WireError(f"header field 'heard' must be a list of at most {MAX_HEARD} ids in "

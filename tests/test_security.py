@@ -100,7 +100,7 @@ def _forgeries(work) -> list[list[bytes]]:
     poison = np.full(cfg.num_params, 1e6)
     base = {"sender": 1, "model_hash": cfg.hash()}
     out = [encode({**base, "type": "params", "round": k, "algorithm": "dgd"}, poison) for k in range(40)]
-    out += [encode({**base, "type": "hello", "spec_hash": "0" * 16, "degree": 2, "heard": [0], "reply": False}),
+    out += [encode({**base, "type": "hello", "spec_hash": "0" * 16, "degree": 2, "round": 0, "heard": [0], "reply": False}),
             encode({**base, "type": "bye"})] * 5
     return [[bytes(f) for f in frames] for frames in out]
 
@@ -134,7 +134,7 @@ def test_forged_params_hello_and_bye_are_never_accepted(tmp_path, fault_free, wh
 def _mutations(rng, valid: list[list[bytes]], n: int):
     crash = [[b"[" * 1000], [b'{"v": 2, "sender": ' + b"7" * 5000 + b"}"],
              [b'{"v": 2, "type": "hello", "sender": 3, "model_hash": "x", "spec_hash": "s", "degree": 1'
-              + b"0" * 400 + b', "heard": [], "reply": false}'], [b'{"v": NaN}'], [b"\xff" * 1024]]
+              + b"0" * 400 + b', "round": 0, "heard": [], "reply": false}'], [b'{"v": NaN}'], [b"\xff" * 1024]]
     for i in range(n):
         if i % 10 == 0:
             yield crash[(i // 10) % len(crash)]
@@ -156,10 +156,15 @@ def test_live_fuzz_of_ten_thousand_frames_neither_crashes_nor_changes_training(t
         swarm = _swarm()
         cfg = model_config(swarm.spec.model, 64, 1)
         theta = init_params(cfg, np.float64)
-        valid = [[bytes(f) for f in encode({"type": "params", "sender": 3, "round": 5, "algorithm": "dgd",
-                                             "model_hash": cfg.hash()}, theta)],
+        # Templates that are each one check away from valid, and that no small mutation can make valid (the
+        # key is agent 3's: a valid message would be agent 3's own word, not a forgery): every check of the
+        # decoder is reached, and training must not move.
+        params = {"type": "params", "sender": 3, "algorithm": "dgd", "model_hash": cfg.hash()}
+        valid = [[bytes(f) for f in encode({**params, "round": 5, "model_hash": "0" * 16}, theta)],
+                 [bytes(f) for f in encode({**params, "round": 10**9}, theta)],
+                 [bytes(f) for f in encode({**params, "round": 5}, np.full_like(theta, np.nan))],
                  [bytes(f) for f in encode({"type": "hello", "sender": 3, "model_hash": cfg.hash(), "spec_hash":
-                                             spec_hash(swarm.spec), "degree": 2, "heard": [0], "reply": True})]]
+                                             "f" * 16, "degree": 2, "round": 0, "heard": [0], "reply": True})]]
         ctx = zmq.Context()
         rng = np.random.default_rng(0)
         socks = [_socket(ctx, address), _socket(ctx, address, work / "keys", "agent3")]

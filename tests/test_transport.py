@@ -135,7 +135,7 @@ def test_caller_may_overwrite_array_right_after_exchange(make, raw):
     pull = raw(zmq.PULL, peer)  # plays node 1
     t = make(0, "tcp://127.0.0.1:*", {1: peer}, shape=(n,))
     raw(zmq.PUSH, t.endpoint).send_multipart(encode(
-        {"type": "hello", "sender": 1, "model_hash": "m0", "spec_hash": "s0", "degree": 1,
+        {"type": "hello", "sender": 1, "model_hash": "m0", "spec_hash": "s0", "degree": 1, "round": 0,
          "heard": [0], "reply": True}))
     t.handshake(1, timeout=5)
     a = np.arange(n, dtype=np.float32)
@@ -194,7 +194,7 @@ def test_malformed_messages_are_dropped_and_logged(make, raw, caplog):
     raw(zmq.PULL, addr2)  # so that t1 can deliver its HELLOs to "node 2"
     push = raw(zmq.PUSH, t1.endpoint)
     push.send_multipart(encode({"type": "hello", "sender": 2, "model_hash": "m0", "spec_hash": "s0",
-                                "degree": 1, "heard": [1], "reply": True}))
+                                "degree": 1, "round": 0, "heard": [1], "reply": True}))
     _, errors = run_all(lambda: t0.handshake(1, timeout=5), lambda: t1.handshake(2, timeout=5))
     assert errors == [None, None]
     good = value(2, 0, np.float32)

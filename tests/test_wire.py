@@ -52,7 +52,7 @@ def test_big_endian_input_goes_out_little_endian():
 
 
 def test_hello_and_bye_round_trip():
-    hello = {"type": "hello", "sender": 0, "model_hash": "m0", "spec_hash": "s", "degree": 2,
+    hello = {"type": "hello", "sender": 0, "model_hash": "m0", "spec_hash": "s", "degree": 2, "round": 0,
              "heard": [1], "reply": False, "device": "pi4"}
     msg = decode(encode(hello), expect())
     assert (msg.type, msg.sender, msg.round, msg.arrays) == ("hello", 0, -1, None)
@@ -72,7 +72,7 @@ BAD = {
     "deep nesting": ([b"[" * 1000, bytes(48)], "1000 brackets, over the cap"),
     "5000-digit number": ([b'{"v": 2, "sender": ' + b"7" * 5000 + b"}", bytes(48)], "a number with 5000 digits"),
     "huge degree": (encode({"type": "hello", "sender": 0, "model_hash": "m0", "spec_hash": "s",
-                            "degree": 10**18, "heard": [], "reply": False}), "'degree' = 1000000000000000000 is outside"),
+                            "degree": 10**18, "round": 0, "heard": [], "reply": False}), "'degree' = 1000000000000000000 is outside"),
     "negative round": (frames(round=-1), "'round' = -1 is outside"),
     "infinite float": ([b'{"v": 2, "x": 1e400}', bytes(48)], "not finite or too long"),
     "NaN literal": ([b'{"v": NaN}', bytes(48)], "NaN is not allowed"),

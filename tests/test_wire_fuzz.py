@@ -14,7 +14,7 @@ EXPECT = Expect(neighbours={0, 1, 2}, model_hash="m", algorithm="gt", dtypes={"f
 VALID = [
     encode({"type": "params", "sender": 1, "round": 3, "algorithm": "gt", "model_hash": "m"},
            (np.arange(4.0), np.ones(4))),
-    encode({"type": "hello", "sender": 2, "model_hash": "m", "spec_hash": "s", "degree": 2, "heard": [0],
+    encode({"type": "hello", "sender": 2, "model_hash": "m", "spec_hash": "s", "degree": 2, "round": 0, "heard": [0],
             "reply": False}),
     encode({"type": "bye", "sender": 0, "model_hash": "m"}),
 ]
@@ -65,7 +65,7 @@ def test_byte_mutations_of_valid_messages(which, edits):
 
 @pytest.mark.parametrize("frame", [b"[" * 1000, b"{" * 100000, b'{"v": ' + b"9" * 5000 + b"}",
                                    b'{"v": 2, "type": "hello", "sender": 1, "model_hash": "m", "spec_hash": "s", '
-                                   b'"degree": 1' + b"0" * 400 + b', "heard": [], "reply": false}',
+                                   b'"degree": 1' + b"0" * 400 + b', "round": 0, "heard": [], "reply": false}',
                                    b'{"v": 2, "x": -1e400}', b'{"v": Infinity}'])
 def test_the_known_crash_classes_are_clean_wire_errors(frame):
     with pytest.raises(WireError):
