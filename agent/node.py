@@ -52,8 +52,10 @@ def _path(key: str, value: Any) -> str:
 
 def _address(example: str):
     def check(key: str, value: Any) -> str:
-        if not isinstance(value, str) or not value.startswith("tcp://"):
-            raise Bad(f"{key} = {value!r}: expected an address like {example}")
+        host, _, port = value.removeprefix("tcp://").rpartition(":") if isinstance(value, str) else ("", "", "")
+        if not (isinstance(value, str) and value.startswith("tcp://") and host
+                and (port == "*" or (port.isdigit() and 1 <= int(port) <= 65535))):
+            raise Bad(f"{key} = {value!r}: expected an address like {example} (port 1-65535)")
         return value
     return check
 

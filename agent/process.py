@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.algorithms import ALGORITHMS, Arrays
-from agent.device import DeviceHooks
+from agent.device import DeviceHooks, workload
 from agent.kernels import make_kernels
 from agent.local import LocalLearner, model_config
 from agent.model import ModelConfig, init_params
@@ -24,9 +24,10 @@ from agent.node import NodeConfig, link_security, load_local_data
 from agent.rounds import RoundTimes, run_rounds
 from agent.spec import spec_hash
 from coordinator_free.common.errors import Diverged, Terminated, UserError
-from coordinator_free.common.files import read_npz, write_json, write_npz
+from coordinator_free.common.files import check_writable, read_npz, write_json, write_npz
 from coordinator_free.gossip import BoardTransport, transports
 from coordinator_free.topology import mixing_row
+from firmware_profiles.apply import check_host_fits, estimate_memory
 
 log = logging.getLogger("p2pntk.agent")
 HISTORY_KEYS = ("train_loss", "test_loss", "test_accuracy")
@@ -107,10 +108,14 @@ def run_node(node: NodeConfig) -> dict:
     spec = node.spec
     train = spec.train
     dtype = np.dtype(train.dtype)
+    for key in ("out", "log", "checkpoint"):  # refused now, not at round 10 or after the last round
+        check_writable(getattr(node, key), f"node file {node.source}: {key} =")
     X, Y = load_local_data(node.data, spec.data.classes)
     X_test, Y_test = load_local_data(node.test, spec.data.classes, "test") if node.test else (None, None)
     cfg = model_config(spec.model, X.shape[1], Y.shape[1])
     hooks = DeviceHooks.for_node(node, cfg, len(X))
+    check_host_fits(estimate_memory(None, **workload(cfg, spec, len(X), len(node.peers)))["total"],
+                    f"node {node.id}: model.width = {spec.model.width} (P = {cfg.num_params:,} parameters)")
     kernel_name = hooks.kernels if hooks else train.kernels  # a device's profile picks its own kernels
     settings = hooks.kernel_settings if hooks and kernel_name == "onnx" else {}
     kernels = make_kernels(kernel_name, cfg, dtype, **settings)

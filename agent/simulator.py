@@ -27,6 +27,7 @@ def simulate(swarm: Swarm, progress: Callable[[int, int], None] | None = None, k
     when (the CLI then exits with status 4). ``keep_theta`` adds "theta": every agent's final
     parameters, an (N, P) array.
     """
+    swarm.check_memory()
     train = swarm.spec.train
     alg, rounds, N = ALGORITHMS[train.algorithm], train.rounds, swarm.n_agents
     learners = swarm.learners()

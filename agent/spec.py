@@ -22,6 +22,7 @@ from coordinator_free.common.files import loads_toml, read_toml
 from coordinator_free.common.schema import (Bad, Record, flag, from_user_check, integer, number, one_of,
                                             setting, version)
 from coordinator_free.topology import check_topology, check_weights
+from firmware_profiles.profile import profile_path
 
 SCHEMA_VERSION = 1
 
@@ -62,6 +63,11 @@ def _names(key: str, value: Any) -> list[str]:
         value = [v.strip() for v in value.split(",") if v.strip()]
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise Bad(f"{key} = {value!r}: expected a list of profile names, e.g. [\"raspberry-pi-4b\"]")
+    for name in value:  # an unknown packaged name is refused here; a path is read when it is used
+        try:
+            profile_path(name)
+        except UserError as err:
+            raise Bad(f"{key}: {err}") from None
     return value
 
 

@@ -14,7 +14,9 @@ from agent.data import Problem, make_problem, save_problem
 from agent.kernels import make_kernels
 from agent.local import LocalLearner, model_config
 from agent.model import ModelConfig, init_params
+from agent.algorithms import ALGORITHMS
 from agent.spec import Spec
+from firmware_profiles.apply import check_host_fits
 from coordinator_free.topology import swarm_mixing
 
 
@@ -32,7 +34,17 @@ class Swarm:
         problem = make_problem(spec.data, spec.network.agents)
         graph, W = swarm_mixing(spec.network)
         cfg = model_config(spec.model, problem.X_train.shape[1], problem.Y_train.shape[1])
+        check_host_fits(4 * 8 * cfg.num_params, f"model.width = {spec.model.width}, model.depth = {spec.model.depth} "
+                                                f"(P = {cfg.num_params:,} parameters)")
         return cls(spec, problem, graph, W, cfg, init_params(cfg, np.float64))
+
+    def check_memory(self) -> None:
+        """Refuse a swarm whose N agents' states and messages do not fit this host (simulate holds them all)."""
+        itemsize = self.dtype.itemsize
+        arrays = len(ALGORITHMS[self.spec.train.algorithm].messages)
+        degree = max((d for _, d in self.graph.degree()), default=0)
+        check_host_fits(self.n_agents * self.cfg.num_params * itemsize * (3 + arrays * (1 + degree)),
+                        f"{self.n_agents} agents x P = {self.cfg.num_params:,} parameters in one process")
 
     @property
     def n_agents(self) -> int:

@@ -200,6 +200,23 @@ def estimate_round_time(profile: Profile, *, n_params: int, width: int, depth: i
             "per_message_s": per_message, "comm_s": comm_s, "total_s": compute_s + comm_s}
 
 
+def host_memory_available() -> int | None:
+    """Bytes this host can still give (MemAvailable in /proc/meminfo), or None where that is unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def check_host_fits(needed: int, what: str) -> None:
+    """Refuse, before anything is allocated, work that needs more memory than this host has available."""
+    available = host_memory_available()
+    if available is not None and needed > available:
+        raise UserError(f"{what} needs about {format_bytes(needed)} but this host has {format_bytes(available)} "
+                        "available; make the model or the swarm smaller")
+
+
 def format_bytes(n: float) -> str:
     """1.9 GB, 300 MB, 12 kB (binary units: 1 MB = 2**20 bytes, as memory.*_mb)."""
     for unit, size in (("GB", 2**30), ("MB", 2**20), ("kB", 2**10)):

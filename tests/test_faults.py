@@ -207,3 +207,33 @@ def test_kill_9_and_a_restart_resumes_from_the_checkpoint_and_rejoins(tmp_path, 
               f"longest wait of the others in one round {max(waits):.2f} s (deadline {deadline:g} s)")
     assert all(r["suspected"] == [] or r["suspected"] == [2] for r in res[:2] + res[3:])
     assert not res[2]["suspected"]  # it cut no healthy link
+
+
+@pytest.mark.parametrize("override,culprit", [
+    ("model.width=1000000000", "model.width = 1000000000"),
+    ("model.depth=100000", "model.depth = 100000"),
+    ("data.split=dirichlet:1e400", "data.split"),
+    ('device.profiles=["pi-9"]', "unknown profile 'pi-9'"),
+])
+def test_bad_input_is_refused_before_training_with_one_line(tmp_path, override, culprit):
+    proc = _cli("simulate", "--set", override, "--out", str(tmp_path / "o.json"), timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and culprit in proc.stderr
+    assert "Traceback" not in proc.stderr and not list(tmp_path.iterdir())  # nothing left behind
+
+
+@pytest.mark.parametrize("key,value,culprit", [
+    ("bind", '"tcp://127.0.0.1:99999"', "bind = 'tcp://127.0.0.1:99999'"),
+    ("log", '"/proc/nope/agent.jsonl"', "log = /proc/nope/agent.jsonl"),
+    ("out", '"."', "is a folder"),
+])
+def test_bad_node_paths_and_ports_are_refused_before_any_socket(tmp_path, key, value, culprit):
+    from agent.loopback import loopback_addresses, write_node_files
+    from agent.spec import load_spec
+    from agent.swarm import Swarm
+    swarm = Swarm.from_spec(load_spec(None, [s for s in SWARM if s != "--set"] + ["train.rounds=2"]))
+    node = write_node_files(swarm, tmp_path, loopback_addresses(4))[0]
+    lines = [ln for ln in node.read_text().splitlines() if not ln.startswith(f"{key} =")]
+    node.write_text(f"{key} = {value}\n" + "\n".join(lines) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "agent", str(node)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and culprit in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1

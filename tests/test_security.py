@@ -2,7 +2,6 @@
 unauthenticated socket and from an allow-listed key claiming another id, a live fuzz of mutated
 frames, and key revocation without a restart. The victim's float64 training must be bit-identical to
 a fault-free run of the same spec."""
-import json
 import os
 import threading
 import time
@@ -15,7 +14,7 @@ import zmq
 from agent.local import model_config
 from agent.loopback import run_loopback
 from agent.model import init_params
-from agent.spec import load_spec, spec_hash
+from agent.spec import load_spec
 from agent.swarm import Swarm
 from coordinator_free.keys import Curve, new_keypair, read_keypair, read_public
 from coordinator_free.transport import Transport, free_tcp_port

@@ -86,6 +86,23 @@ def _tomlable(value: Any) -> Any:
     return value
 
 
+def check_writable(path: str | Path | None, what: str) -> None:
+    """Refuse, before any work, an output path that is a folder or cannot be written (``what`` names it,
+    e.g. "--out" or "node file x.toml: log")."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{what} {path} is a folder; give a file name, e.g. {p / 'results.json'}")
+    parent = p.parent if str(p.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{what} {path}: cannot create its folder ({err.strerror})") from None
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise UserError(f"{what} {path}: not writable")
+
+
 def read_toml(path: str | Path, what: str) -> dict:
     """The TOML table in ``path``; UserError "WHAT does not exist | is not valid TOML: ... | cannot
     be read: ..." otherwise. ``what`` names the file for a person, e.g. "profile pi.toml"."""

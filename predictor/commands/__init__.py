@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 from agent.spec import load_spec
-from coordinator_free.common.errors import UserError
+from coordinator_free.common.files import check_writable
 
 
 def add_spec_args(parser: argparse.ArgumentParser, out_default: str) -> None:
@@ -27,22 +26,6 @@ def add_spec_args(parser: argparse.ArgumentParser, out_default: str) -> None:
 
 def spec_from_args(args: argparse.Namespace) -> dict:
     return load_spec(args.spec, args.overrides)
-
-
-def check_writable(path: str | None, flag: str) -> None:
-    """Refuse, before any work, an output path that is a folder or cannot be written."""
-    if path is None:
-        return
-    p = Path(path)
-    if p.is_dir():
-        raise UserError(f"{flag} {path} is a folder; give a file name, e.g. {p / 'results.json'}")
-    parent = p.parent if str(p.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"{flag} {path}: cannot create its folder ({err.strerror})") from None
-    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise UserError(f"{flag} {path}: not writable")
 
 
 @contextlib.contextmanager
