@@ -36,8 +36,8 @@ import numpy as np
 from agent.spec import load_spec, resolve
 from coordinator_free.common.errors import UserError
 from coordinator_free.common.files import read_npz, read_toml
-from coordinator_free.common.schema import (Bad, Record, flag, from_user_check, integer, number, one_of, setting,
-                                            text, version)
+from coordinator_free.common.schema import (Bad, Check, Record, flag, from_user_check, integer, number, one_of,
+                                            setting, text, version)
 from coordinator_free.gossip import DEFAULT_TRANSPORT, check_transport
 
 SCHEMA_VERSION = 1
@@ -66,27 +66,22 @@ def _spec_ref(key: str, value: Any) -> Any:
     return value
 
 
-def _key_files(key: str, value: Any) -> dict[int, str]:
-    if not isinstance(value, dict):
-        raise Bad(f"{key} = {value!r}: expected a table of id = public key file")
-    out = {}
-    for pid, path in value.items():
-        if not pid.isdigit():
-            raise Bad(f"{key}.{pid} = {path!r}: expected a neighbour id (an integer) as the key")
-        out[int(pid)] = _path(f"{key}.{pid}", path)
-    return out
+def _id_table(what: str, check: Check) -> Check:
+    """A table of neighbour id = value (``what`` says which value), each value checked by ``check``."""
+    def table(key: str, value: Any) -> dict[int, str]:
+        if not isinstance(value, dict):
+            raise Bad(f"{key} = {value!r}: expected a table of id = {what}")
+        out = {}
+        for pid, item in value.items():
+            if not pid.isdigit():
+                raise Bad(f"{key}.{pid} = {item!r}: expected a neighbour id (an integer) as the key")
+            out[int(pid)] = check(f"{key}.{pid}", item)
+        return out
+    return table
 
 
-def _peers(key: str, value: Any) -> dict[int, str]:
-    if not isinstance(value, dict):
-        raise Bad(f"{key} = {value!r}: expected a table of id = address")
-    check = _address("tcp://10.0.0.12:5555")
-    out = {}
-    for pid, addr in value.items():
-        if not pid.isdigit():
-            raise Bad(f"{key}.{pid} = {addr!r}: expected a neighbour id (an integer) as the key")
-        out[int(pid)] = check(f"{key}.{pid}", addr)
-    return out
+_peers = _id_table("address", _address("tcp://10.0.0.12:5555"))
+_key_files = _id_table("public key file", _path)
 
 
 @dataclass(frozen=True)

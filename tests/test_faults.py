@@ -44,15 +44,21 @@ def _start_loopback(tmp_path, rounds: int, deadline: float = 1.0):
     return proc, work
 
 
-def test_kill_9_of_one_agent_keeps_the_swarm_going_and_marks_it(tmp_path):
+def _signal_agent_under_loopback(tmp_path, q: int, sig: int):
+    """A 40-round loopback swarm whose agent q gets ``sig`` at round 10; (launcher, its stderr, workdir)."""
     proc, work = _start_loopback(tmp_path, rounds=40)
     try:
-        _wait_for_lines(work / "agent2.jsonl", 10)
-        [pid] = _pids(f"-m agent {work}/node2.toml")
-        os.kill(pid, signal.SIGKILL)
+        _wait_for_lines(work / f"agent{q}.jsonl", 10)
+        [pid] = _pids(f"-m agent {work}/node{q}.toml")
+        os.kill(pid, sig)
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
+    return proc, err, work
+
+
+def test_kill_9_of_one_agent_keeps_the_swarm_going_and_marks_it(tmp_path):
+    proc, err, work = _signal_agent_under_loopback(tmp_path, 2, signal.SIGKILL)
     assert proc.returncode == SwarmIncomplete.exit_status and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and "agent 2 (killed by SIGKILL" in err
     run = json.loads((tmp_path / "RUN.json").read_text())
@@ -65,14 +71,7 @@ def test_kill_9_of_one_agent_keeps_the_swarm_going_and_marks_it(tmp_path):
 
 
 def test_sigterm_to_an_agent_says_bye_checkpoints_and_writes_results(tmp_path):
-    proc, work = _start_loopback(tmp_path, rounds=40)
-    try:
-        _wait_for_lines(work / "agent1.jsonl", 10)
-        [pid] = _pids(f"-m agent {work}/node1.toml")
-        os.kill(pid, signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
+    proc, err, work = _signal_agent_under_loopback(tmp_path, 1, signal.SIGTERM)
     assert proc.returncode == SwarmIncomplete.exit_status and f"exit status {EXIT_TERMINATED}" in err
     own = json.loads((work / "agent1.json").read_text())
     assert own["stopped"]["reason"] == "terminated" and own["stopped"]["last_round"] >= 10

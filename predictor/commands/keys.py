@@ -12,12 +12,11 @@ def register(sub) -> None:
     p = sub.add_parser("keys", help="CurveZMQ keys: make a board's keypair, show a public key",
                        description="Make a board's keypair (NAME.key, public, for its neighbours' [peer_keys]; "
                                    "NAME.key_secret, mode 0600, for its own secret_key), or show a public key.")
-    ksub = p.add_subparsers(dest="keys_command", metavar="ACTION")
-    ksub.required = True
+    ksub = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     new = ksub.add_parser("new", help="write NAME.key and NAME.key_secret")
+    new.set_defaults(func=run_new)
     new.add_argument("name", metavar="NAME", help="the board's name, e.g. agent0 or pi-kitchen")
     new.add_argument("--dir", default="keys", help="folder for the two files (default: keys)")
-    new.set_defaults(func=run_new)
     show = ksub.add_parser("show", help="print the z85 public key held in a key file")
     show.add_argument("file", metavar="FILE", help="a NAME.key or NAME.key_secret file")
     show.set_defaults(func=run_show)
