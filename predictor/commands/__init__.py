@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from agent.spec import load_spec
+from agent.spec import Spec, load_spec
 from coordinator_free.common.files import check_writable
 
 
@@ -24,7 +24,7 @@ def add_spec_args(parser: argparse.ArgumentParser, out_default: str) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar or table")
 
 
-def spec_from_args(args: argparse.Namespace) -> dict:
+def spec_from_args(args: argparse.Namespace) -> Spec:
     return load_spec(args.spec, args.overrides)
 
 
