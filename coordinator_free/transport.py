@@ -112,8 +112,8 @@ class Transport:
         self.catch_up = self._round  # the highest round a neighbour's HELLO reported (see next_round)
         self.rejoined: collections.Counter[int] = collections.Counter()  # re-admissions per peer
         self._peer_round: dict[int, int] = {}  # each peer's latest known round
-        self._last_params: tuple[int, list] | None = None  # this round's frames, resent to a rejoiner
-        self._owed: dict[int, list] = {}  # rejoiner -> the round's frames it is still owed (its link was reconnecting)
+        self._sent: dict[int, list] = {}  # the last two rounds' params frames, resent to a rejoiner
+        self._owed: dict[int, list[list]] = {}  # rejoiner -> params frames it is still owed, oldest first
         self._pending: dict[int, dict[int, np.ndarray]] = collections.defaultdict(dict)
         self._hellos: dict[int, dict] = {}
         self._mismatch: dict[int, str] = {}
@@ -199,6 +199,8 @@ class Transport:
             self._handshaking = False
         if self._mismatch:
             raise UserError("; ".join(self._mismatch[p] for p in sorted(self._mismatch)))
+        if done and needed:  # join the swarm at its slowest neighbour's round (all have its messages from there)
+            self.catch_up = max(self.catch_up, min(int(self._hellos[p]["round"]) for p in needed))
         if not done:
             silent = sorted(needed - self._hellos.keys())
             unconfirmed = sorted(needed - (self._acked & self._told) - set(silent))
@@ -238,7 +240,8 @@ class Transport:
                 # a neighbour two rounds ahead moved on without us (we were paused, or are resuming):
                 # we catch up with it. One round ahead is normal: its message for ours is on the way.
                 self._peer_round[sender] = max(self._peer_round.get(sender, 0), h["round"])
-                self.catch_up = max(self.catch_up, h["round"])
+                if not self._handshaking:  # a handshake catches up with its slowest neighbour, at the end
+                    self.catch_up = max(self.catch_up, h["round"])
             if back:
                 self._readmit(sender)
         if isinstance(h.get("heard"), list) and self.node_id in h["heard"]:
@@ -261,15 +264,17 @@ class Transport:
         # the link to a restarted peer may still be reconnecting: wait for it a little (a rare event)
         self._push[sender].poll(int(125 * self.deadline), zmq.POLLOUT)
         self._say_hello(sender, reply=True)
-        if self._last_params is not None and self._last_params[0] == self._round:
-            self._owed[sender] = self._last_params[1]
+        for r in sorted(self._sent):  # the last two rounds: it may be one behind the round we are in
+            self._owed.setdefault(sender, []).append(self._sent[r])
         self._pay_owed()
 
     def _pay_owed(self) -> None:
         """Send re-admitted peers the round's frames they missed (retried every heartbeat and every round
         until sent: the link to a restarted peer takes a moment to reconnect)."""
-        for pid, frames in sorted(self._owed.items()):
-            if self._send(pid, frames, quiet=True):
+        for pid, queue in sorted(self._owed.items()):
+            while queue and self._send(pid, queue[0], quiet=True):
+                queue.pop(0)
+            if not queue:
                 del self._owed[pid]
 
     def next_round(self, round: int) -> int:
@@ -318,7 +323,8 @@ class Transport:
             arrays, trackers = self._snapshot(arrays)
         self._pay_owed()
         frames = self._params_frames(round, arrays)
-        self._last_params = (round, frames)
+        self._sent = {r: f for r, f in self._sent.items() if r == round - 1}
+        self._sent[round] = frames
         for pid in sorted(self.live):
             self._send(pid, frames, trackers=trackers)
         waiting = time.monotonic()
@@ -508,7 +514,8 @@ class Transport:
     def _handle_checked(self, frames: list) -> None:
         self.bytes_received += sum(len(f) for f in frames)
         expect = Expect(set(self.peers), self.model_hash, self.algorithm, {self.dtype.name},
-                        self.shape, 0, max(self._round, self.catch_up) + ROUND_WINDOW, self.arrays)
+                        self.shape, 0, max(self._round, self.catch_up, *self._peer_round.values()) + ROUND_WINDOW,
+                        self.arrays)
         try:
             msg = decode(frames, expect)
         except WireError as e:
