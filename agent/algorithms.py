@@ -71,14 +71,6 @@ def register(alg: Algorithm) -> Algorithm:
     return alg
 
 
-def get(name: str) -> Algorithm:
-    """The record called ``name``; ValueError naming the known ones otherwise."""
-    try:
-        return ALGORITHMS[name]
-    except KeyError:
-        raise ValueError(f"unknown algorithm {name!r}; expected one of {', '.join(ALGORITHMS)}") from None
-
-
 def once(fn: Callable[[], np.ndarray]) -> Grad:
     """``fn`` called at most once (CTA never calls it; DGD and ATC call it once)."""
     box: list[np.ndarray] = []

@@ -128,7 +128,7 @@ def agent_summary(q: int, workdir: Path, outcome: Outcome | None) -> dict:
     for key in ("bytes_sent", "bytes_received", "wait_s"):
         out[key] = own.get(key, float(sum(r.get(key, 0) for r in log)))
     out["suspected"] = own.get("suspected", log[-1]["suspected"] if log else [])
-    for key in ("wall_s", "dropped", "neighbours", "profile", "stopped", "loss_growth", "n_params", "model_hash"):
+    for key in ("wall_s", "dropped", "neighbours", "profile", "stopped", "loss_growth", "rejoined", "resumed_at_round"):
         if key in own:
             out[key] = own[key]
     round_s = [r["round_s"] for r in log[1:]]
@@ -150,8 +150,6 @@ def collect_results(swarm: Swarm, workdir: Path, wall: float, outcomes: list[Out
     rounds = max(swarm.spec.train.rounds, 1)
     out["bytes_per_round"] = float(np.sum([a["bytes_sent"] for a in per]) / rounds)
     out["n_params"], out["model_hash"] = swarm.cfg.num_params, swarm.cfg.hash()
-    for a in per:
-        a.pop("n_params", None), a.pop("model_hash", None)
     out["agents"] = per
     out["failed_agents"] = [a["id"] for a in per if a["failed"]]
     out["timings"] = {"total_s": wall,

@@ -135,13 +135,13 @@ def run_node(node: NodeConfig) -> dict:
             discovery.close()
 
 
-def resume_point(node: NodeConfig, cfg: ModelConfig, n_arrays: int, dtype: np.dtype) -> tuple[int, Arrays | None]:
+def resume_point(node: NodeConfig, cfg: ModelConfig, dtype: np.dtype) -> tuple[int, Arrays | None]:
     """(round, state) from the node's checkpoint if it has one for this model and algorithm, else (0, None)."""
     if not node.checkpoint or not Path(node.checkpoint).exists():
         return 0, None
     z = read_npz(node.checkpoint, f"checkpoint {node.checkpoint}", ("state", "round", "model_hash", "algorithm"))
     if str(z["model_hash"]) != cfg.hash() or str(z["algorithm"]) != node.spec.train.algorithm \
-            or z["state"].shape != (n_arrays, cfg.num_params):
+            or z["state"].ndim != 2 or z["state"].shape[1] != cfg.num_params:
         raise UserError(f"checkpoint {node.checkpoint} is of another model or algorithm (model hash "
                         f"{z['model_hash']}, algorithm {z['algorithm']}); move it away to start afresh")
     return int(z["round"]), tuple(np.array(a, dtype=dtype) for a in z["state"])
@@ -152,7 +152,7 @@ def _train(node: NodeConfig, learner: LocalLearner, theta0: np.ndarray, cfg: Mod
     """Handshake (resuming from the checkpoint if there is one), the round loop, the final BYE and results."""
     spec, train = node.spec, node.spec.train
     alg = ALGORITHMS[train.algorithm]
-    start, state = resume_point(node, cfg, len(alg.init(theta0, lambda t: t)), theta0.dtype)
+    start, state = resume_point(node, cfg, theta0.dtype)
     if state is not None:
         log.warning("node %d: resuming from %s at round %d", node.id, node.checkpoint, start)
     curve = link_security(node, peers)

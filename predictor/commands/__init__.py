@@ -71,9 +71,3 @@ def loss_table(results: dict) -> str:
 def lr_max_line(lr_max: dict, digits: int = 4) -> str:
     """"lr_max: dgd 1.23, atc ..." for every algorithm in ``lr_max`` (None: not computed here)."""
     return "lr_max: " + ", ".join(f"{name} {'-' if v is None else f'{v:.{digits}g}'}" for name, v in lr_max.items())
-
-
-def ensure_parent(path: str) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    return p
