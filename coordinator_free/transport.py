@@ -58,6 +58,7 @@ HWM = ROUND_WINDOW + 2  # messages queued per peer and direction before sends ar
 SNAPSHOTS = 3  # snapshot buffers kept for reuse once ZeroMQ is done sending them
 MAX_WAIT = 3  # a live-but-late neighbour is waited for at most MAX_WAIT x deadline
 LINGER_MS = 500  # how long close() may wait for queued messages (e.g. BYE) to go out
+FRAME_SLACK = 1024  # bytes allowed above the largest valid frame: CurveZMQ's box, nonce and command name
 LOG_BURST = 5  # dropped-message warnings logged per LOG_INTERVAL; the rest are counted and summarised
 LOG_INTERVAL = 10.0
 _HELLO_KEYS = {"v", "type", "sender", "round", "model_hash", "spec_hash", "degree", "heard",
@@ -138,8 +139,10 @@ class Transport:
                 self._pull.curve_server = True
             self._pull.setsockopt(zmq.LINGER, 0)
             self._pull.setsockopt(zmq.RCVHWM, HWM)
-            # Frames larger than a float64 model cannot be valid; ZeroMQ disconnects such a peer.
-            self._pull.setsockopt(zmq.MAXMSGSIZE, max(8 * math.prod(self.shape), MAX_HEADER_BYTES))
+            # Frames larger than a float64 model cannot be valid; ZeroMQ disconnects such a peer. The
+            # limit is checked on the frame as it arrives, so under CURVE it includes the encryption's
+            # few dozen bytes per frame: without FRAME_SLACK a float64 model's own params are refused.
+            self._pull.setsockopt(zmq.MAXMSGSIZE, max(8 * math.prod(self.shape), MAX_HEADER_BYTES) + FRAME_SLACK)
             try:
                 self._pull.bind(bind)
             except zmq.ZMQError as e:

@@ -296,3 +296,26 @@ def test_board_transports_are_a_registry_and_node_files_are_checked_against_it(t
         assert check_transport("pigeon") == "pigeon" and load_node(node).transport == "pigeon"
     finally:
         _TRANSPORTS.pop("pigeon", None)
+
+
+def test_a_float64_model_larger_than_a_header_crosses_a_curve_link(make, tmp_path):
+    """The receive limit admits a whole float64 model with CurveZMQ's per-frame overhead (it once did not:
+    every width-512 float64 swarm suspected every neighbour at round 0)."""
+    from coordinator_free.keys import Curve, new_keypair
+    from coordinator_free.wire import MAX_HEADER_BYTES
+    n = MAX_HEADER_BYTES  # 8n bytes per frame: far above the header limit
+    keys = {i: new_keypair(tmp_path, f"a{i}") for i in (0, 1)}
+    addr = {i: f"tcp://127.0.0.1:{free_tcp_port()}" for i in (0, 1)}
+    ts = [make(i, addr[i], {1 - i: addr[1 - i]}, dtype="float64", shape=(n,),
+               curve=Curve(keys[i][1], {1 - i: keys[1 - i][0]})) for i in (0, 1)]
+    sent = {i: np.random.default_rng(i).standard_normal(n) for i in (0, 1)}
+
+    def agent(t: Transport):
+        t.handshake(1, timeout=10)
+        return [t.exchange(k, sent[t.node_id], deadline=10) for k in range(3)]
+
+    results, errors = run_all(*[lambda t=t: agent(t) for t in ts], timeout=60)
+    assert errors == [None, None]
+    for i, got in enumerate(results):
+        assert [sorted(g) for g in got] == [[1 - i]] * 3 and not ts[i].suspected
+        assert all(g[1 - i][0].tobytes() == sent[1 - i].tobytes() for g in got)
