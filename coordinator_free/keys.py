@@ -9,6 +9,8 @@ files when they change: removing a neighbour's key file revokes it at once, with
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -18,6 +20,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from coordinator_free.common.errors import UserError
+from coordinator_free.common.files import PUBLIC, SECRET
 
 REFRESH_SECONDS = 1.0  # how often the allow-list looks at its key files for changes
 ZAP_DOMAIN = "p2pntk"  # the ZAP domain of every agent's receiving socket
@@ -27,9 +30,17 @@ def new_keypair(folder: str | Path, name: str) -> tuple[Path, Path]:
     """Write NAME.key (public) and NAME.key_secret (secret, mode 0600) in ``folder``; return both paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    public, secret = (Path(p) for p in zmq.auth.create_certificates(folder, name))
-    os.chmod(secret, 0o600)
-    return public, secret
+    # made in a private (0700) folder and moved in with its final mode, so the secret is never readable by others
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=folder))
+    try:
+        made = [Path(p) for p in zmq.auth.create_certificates(staging, name)]
+        os.chmod(made[0], PUBLIC)
+        os.chmod(made[1], SECRET)
+        for p in made:
+            os.replace(p, folder / p.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder / f"{name}.key", folder / f"{name}.key_secret"
 
 
 def read_keypair(path: str | Path) -> tuple[bytes, bytes]:

@@ -2,7 +2,8 @@
 of TOML and .npz that turn every problem into one UserError naming the file.
 
 An atomic write goes to a temporary file in the same folder and is renamed over the target,
-so a crash or Ctrl-C never leaves a half-written results file or checkpoint.
+so a crash or Ctrl-C never leaves a half-written results file or checkpoint. Files are written
+mode 0644 (``PUBLIC``), readable by a service user or another account; secrets pass 0600 (``SECRET``).
 """
 from __future__ import annotations
 
@@ -25,12 +26,20 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 
-def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w") -> Path:
-    """Call ``write(fileobj)`` on a temporary file next to ``path``, then rename it over ``path``."""
+PUBLIC = 0o644  # results, checkpoints, logs, node files: readable by a service user or another account
+SECRET = 0o600  # secret keys
+
+
+def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w", permissions: int = PUBLIC) -> Path:
+    """Call ``write(fileobj)`` on a temporary file next to ``path``, then rename it over ``path``.
+
+    The file gets ``permissions`` before it appears under its name (mkstemp alone would leave 0600).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, permissions)
         with os.fdopen(fd, mode) as fh:
             write(fh)
             fh.flush()
