@@ -37,6 +37,23 @@ class Problem:
         return int(self.agent_of_sample.max()) + 1
 
 
+# Input sizes d of the built-in sources, known without loading them (a board may lack scikit-learn).
+FEATURES = {"digits": 64, "synthetic": 16}
+
+
+def feature_count(data: DataSection) -> int | None:
+    """d of the spec's data source: 64 for digits (8x8 pixels), 16 for synthetic, the columns of an
+    .npz file's X; None when the .npz is not on this machine (a board keeps only its own data)."""
+    if data.name in FEATURES:
+        return FEATURES[data.name]
+    try:
+        with np.load(data.name) as z:
+            X = z["X"]
+    except Exception:  # numpy raises many types for a bad file; make_problem reports it where it is read
+        return None
+    return X.shape[1] if X.ndim == 2 else None
+
+
 @functools.lru_cache(maxsize=1)
 def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's bundled 8x8 digits (1797 images), pixels scaled to [0, 1]; read once, read-only."""
@@ -51,7 +68,7 @@ def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
-def synthetic_arrays(classes: list[int], n: int, seed: int, d: int = 16, width: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_arrays(classes: list[int], n: int, seed: int, d: int = FEATURES["synthetic"], width: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """A teacher network labels standard-normal inputs: y = argmax of a random tanh MLP's outputs."""
     rng = np.random.default_rng([seed, 7919])
     X = rng.standard_normal((n, d))

@@ -99,13 +99,15 @@ def run_loopback(swarm: Swarm, workdir: Path, *, timeout: float = 600.0, round_d
     for attempt in range(attempts):
         nodes = write_node_files(swarm, workdir, loopback_addresses(swarm.n_agents), round_deadline=round_deadline,
                                  extra=extra, per_agent=per_agent)
-        jobs = [Job(f"agent{q}", [sys.executable, "-m", "agent", str(path)], workdir / f"agent{q}.jsonl",
+        # --quiet: the launcher draws one progress bar for the swarm; agents' stderr keeps only warnings and errors
+        jobs = [Job(f"agent{q}", [sys.executable, "-m", "agent", str(path), "--quiet"], workdir / f"agent{q}.jsonl",
                     workdir / f"agent{q}.stderr") for q, path in enumerate(nodes)]
         for job in jobs:  # a fresh run: no log, results or checkpoint of an earlier one (it would resume)
-            for leftover in (job.log, workdir / f"{job.name}.json", workdir / f"{job.name}.ckpt.npz"):
+            for leftover in (job.log, workdir / f"{job.name}.json", workdir / f"{job.name}.ckpt.npz",
+                             workdir / f"{job.name}.params.npz"):
                 leftover.unlink(missing_ok=True)
         t0 = time.perf_counter()
-        outcomes = launch(jobs, expected_lines=rounds + 1, timeout=timeout, progress=progress,
+        outcomes = launch(jobs, expected_lines=rounds + 2, timeout=timeout, progress=progress,  # start line + rounds
                           env=agent_environment(swarm.n_agents), abort_on=frozenset({EXIT_BAD_INPUT, EXIT_ADDRESS_IN_USE}))
         wall = time.perf_counter() - t0
         if any(o.returncode == EXIT_ADDRESS_IN_USE for o in outcomes) and attempt + 1 < attempts:

@@ -6,10 +6,11 @@ bind = "tcp://0.0.0.0:5555"          # where it listens
 data = "agent0.npz"                  # local data: X (n, d) and Y (n, k) targets, or y (n,) labels
 test = "test.npz"                    # optional shared test set, same format
 spec = "swarm.toml"                  # the swarm spec: a path, or an inline [spec] table
-out = "agent0.json"                  # final results (default: next to the node file)
-log = "agent0.jsonl"                 # one JSON line per round
-checkpoint = "agent0.ckpt.npz"       # atomic checkpoint every checkpoint_every rounds (0: never)
-checkpoint_every = 10
+out = "agent0.json"                  # final results (default: next to the node file); the final
+                                     # parameters go beside them, in agent0.params.npz
+log = "agent0.jsonl"                 # one JSON line per round, appended to across restarts
+checkpoint = "agent0.ckpt.npz"       # atomic checkpoint (this is the default name); a restart resumes from it
+checkpoint_every = 10                # rounds between checkpoints (0: only at the end)
 round_deadline = 10.0                # seconds to wait for neighbours each round
 handshake_timeout = 60.0
 profile = "raspberry-pi-4b"          # optional device profile (threads, dtype, kernels, emulation)
@@ -27,6 +28,7 @@ Relative paths are read relative to the node file. Every bad key names itself in
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,7 +98,8 @@ class NodeConfig(Record):
     test: Path | None = setting(None, _path, "optional shared test set, same format as data")
     out: Path | None = setting(None, _path, "final results (default agentID.json next to the node file)")
     log: Path | None = setting(None, _path, "one JSON line per round (default agentID.jsonl)")
-    checkpoint: Path | None = setting(None, _path, "atomic checkpoint file (default: none)")
+    checkpoint: Path | None = setting(None, _path, "atomic checkpoint file; a restart resumes from it "
+                                                   "(default agentID.ckpt.npz next to the node file)")
     checkpoint_every: int = setting(10, integer(0), "rounds between checkpoints (0: only at the end)")
     round_deadline: float = setting(10.0, number(0.0, what="a positive number of seconds"),
                                     "seconds to wait for neighbours each round")
@@ -127,6 +130,7 @@ def load_node(path: str | Path) -> NodeConfig:
     paths["peer_keys"] = {pid: base / f for pid, f in node.peer_keys.items()}
     paths["out"] = paths["out"] or base / f"agent{node.id}.json"
     paths["log"] = paths["log"] or base / f"agent{node.id}.jsonl"
+    paths["checkpoint"] = paths["checkpoint"] or base / f"agent{node.id}.ckpt.npz"
     node = node.replace(spec=spec, source=path, **paths)
     n_agents = spec.network.agents
     for pid in [node.id, *node.peers]:
@@ -140,10 +144,19 @@ def load_node(path: str | Path) -> NodeConfig:
     return node
 
 
-def node_table(node: NodeConfig) -> dict[str, Any]:
-    """The node file's TOML table (the inverse of ``load_node`` for a spec given as a path)."""
+def node_table(node: NodeConfig, relative_to: str | Path | None = None) -> dict[str, Any]:
+    """The node file's TOML table (the inverse of ``load_node`` for a spec given as a path).
+
+    With ``relative_to`` (the folder of the node file about to be written), every file path, the
+    spec's too, is written relative to it, so that the file runs as written wherever it is started.
+    """
+    def rel(path):
+        return path if relative_to is None else os.path.relpath(os.path.abspath(path), os.path.abspath(relative_to))
     table = {k: v for k, v in node.to_dict().items() if k not in ("source", "peers", "peer_keys") and v is not None}
-    table["peer_keys"] = {str(p): str(f) for p, f in sorted(node.peer_keys.items())}
+    for key in (*_PATH_KEYS, *(("spec",) if isinstance(node.spec, (str, Path)) else ())):
+        if table.get(key) is not None:
+            table[key] = rel(table[key])
+    table["peer_keys"] = {str(p): str(rel(f)) for p, f in sorted(node.peer_keys.items())}
     table["peers"] = {str(p): a for p, a in sorted(node.peers.items())}
     return table
 
@@ -163,6 +176,29 @@ def link_security(node: NodeConfig, peers: dict[int, str]):
     if missing:
         raise UserError(f"{where}: [peer_keys] has no public key for neighbours {missing}")
     return Curve(node.secret_key, {pid: node.peer_keys[pid] for pid in peers})
+
+
+def local_data(node: NodeConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(X, Y, X_test, Y_test) of this board (test None without a ``test`` file).
+
+    A file whose inputs have another number of features than the spec's data source (digits: 64), or
+    than the board's training data, is refused with one line naming the file and both numbers.
+    """
+    from agent.data import feature_count
+    classes = node.spec.data.classes
+    X, Y = load_local_data(node.data, classes)
+    expected = feature_count(node.spec.data)
+    if expected is not None and X.shape[1] != expected:
+        raise UserError(f"node data file {node.data}: X has {X.shape[1]} features, but the spec's data "
+                        f"({Path(node.spec.data.name).name}) has {expected}; every board's inputs must have "
+                        f"{expected} features")
+    if node.test is None:
+        return X, Y, None, None
+    X_test, Y_test = load_local_data(node.test, classes, "test")
+    if X_test.shape[1] != X.shape[1]:
+        raise UserError(f"node test file {node.test}: X has {X_test.shape[1]} features, but the data file "
+                        f"{node.data} has {X.shape[1]}")
+    return X, Y, X_test, Y_test
 
 
 def load_local_data(path: Path, classes: list[int], role: str = "data") -> tuple[np.ndarray, np.ndarray]:

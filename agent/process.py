@@ -4,12 +4,14 @@
 neighbours over ZeroMQ (coordinator_free.transport), builds its own mixing row from their degrees
 and runs ``agent.rounds.run_rounds`` with the transport as its gossip. Each job is one small piece:
 ``RoundLog`` writes the per-round JSON lines, ``Recorder`` turns rounds into the log, the history,
-checkpoints and emulated compute time, and ``run_node`` wires them together.
+checkpoints, progress lines (agent.report) and emulated compute time, and ``run_node`` wires them
+together. The final parameters are always kept, beside the results (``params_path``).
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -20,7 +22,8 @@ from agent.device import DeviceHooks, workload
 from agent.kernels import make_kernels
 from agent.local import LocalLearner, model_config
 from agent.model import ModelConfig, init_params
-from agent.node import NodeConfig, link_security, load_local_data
+from agent.node import NodeConfig, link_security, local_data
+from agent.report import Report
 from agent.rounds import RoundTimes, run_rounds
 from agent.spec import spec_hash
 from coordinator_free.common.errors import Diverged, Terminated, UserError
@@ -35,10 +38,12 @@ HISTORY_KEYS = ("train_loss", "test_loss", "test_accuracy")
 
 class RoundLog:
     """Appends one JSON line per round and flushes it, so a crash loses at most one line. The file is
-    only ever appended to: a resumed agent continues it (a round logged twice: the later line counts)."""
+    only ever appended to: each start of the agent adds an ``{"event": "start", "run": n}`` line (n counts
+    the starts), and a resumed agent continues it (a round logged twice: the later line counts)."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.run = 1 + sum(1 for r in log_lines(path) if r.get("event") == "start")
         self.fh = open(path, "a", buffering=1)  # noqa: SIM115 - closed by __exit__
 
     def write(self, record: dict) -> None:
@@ -52,12 +57,12 @@ class RoundLog:
 
 
 class Recorder:
-    """``on_round`` of the round loop for a device: log line, history, checkpoint, emulated compute."""
+    """``on_round`` of the round loop for a device: log line, progress, history, checkpoint, emulated compute."""
 
     def __init__(self, node: NodeConfig, learner: LocalLearner, cfg: ModelConfig, transport: BoardTransport,
-                 roundlog: RoundLog, hooks: DeviceHooks | None) -> None:
+                 roundlog: RoundLog, hooks: DeviceHooks | None, report: Report) -> None:
         self.node, self.learner, self.cfg, self.transport = node, learner, cfg, transport
-        self.roundlog, self.hooks = roundlog, hooks
+        self.roundlog, self.hooks, self.report = roundlog, hooks, report
         self.history: dict[str, list] = {}
         self.theta: np.ndarray | None = None  # the last finite parameters
         self.state: Arrays = ()
@@ -82,6 +87,7 @@ class Recorder:
                   "live": sorted(t.live), "suspected": sorted(t.suspected)}
         self._counters = (sent, received, waited)
         self.roundlog.write(record)
+        self.report.on_round(record)
         for key in HISTORY_KEYS:
             if key in record:
                 self.history.setdefault(key, []).append(record[key])
@@ -93,25 +99,36 @@ class Recorder:
     def checkpoint(self, k: int) -> None:
         """theta, the whole algorithm state (GT's tracker too), the round and the model hash: what resume needs."""
         if self.node.checkpoint and k != self._checkpointed:
-            write_npz(self.node.checkpoint, theta=self.theta, state=np.stack(self.state), round=np.array(k),
-                      model_hash=np.array(self.cfg.hash()), algorithm=np.array(self.node.spec.train.algorithm))
+            self.save(self.node.checkpoint, state=np.stack(self.state))
             self._checkpointed = k
 
+    def save(self, path: Path, **more: np.ndarray) -> None:
+        """The last finite parameters ``theta`` (P,), their ``round``, ``model_hash`` and ``algorithm``
+        (what ``p2pntk export-onnx --params`` reads), and ``more``."""
+        write_npz(path, theta=self.theta, round=np.array(self.round), model_hash=np.array(self.cfg.hash()),
+                  algorithm=np.array(self.node.spec.train.algorithm), **more)
 
-def run_node(node: NodeConfig) -> dict:
-    """Run this device's learner to the end; return (and write) its results.
+
+def params_path(out: Path) -> Path:
+    """Where the final parameters are kept: beside the results, ``agent0.json`` -> ``agent0.params.npz``."""
+    return Path(out).with_suffix(".params.npz")
+
+
+def run_node(node: NodeConfig, report: Report | None = None) -> dict:
+    """Run this device's learner to the end; return (and write) its results and final parameters.
 
     With a profile (node file ``profile``), the profile's threads and kernels apply, a model that
     does not fit its memory budget is refused before any socket opens, and ``emulate = true``
-    shapes sends and pads steps like the board (agent.device).
+    shapes sends and pads steps like the board (agent.device). ``report`` prints progress and the
+    summary (default: nothing).
     """
     spec = node.spec
     train = spec.train
     dtype = np.dtype(train.dtype)
     for key in ("out", "log", "checkpoint"):  # refused now, not at round 10 or after the last round
         check_writable(getattr(node, key), f"node file {node.source}: {key} =")
-    X, Y = load_local_data(node.data, spec.data.classes)
-    X_test, Y_test = load_local_data(node.test, spec.data.classes, "test") if node.test else (None, None)
+    check_writable(params_path(node.out), f"node file {node.source}: out = {node.out}: its parameters file")
+    X, Y, X_test, Y_test = local_data(node)
     cfg = model_config(spec.model, X.shape[1], Y.shape[1])
     hooks = DeviceHooks.for_node(node, cfg, len(X))
     check_host_fits(estimate_memory(None, **workload(cfg, spec, len(X), len(node.peers)))["total"],
@@ -129,7 +146,8 @@ def run_node(node: NodeConfig) -> dict:
         if discovery:
             peers = discovery.find_peers(node.handshake_timeout)
             log.info("node %d: discovered peers %s", node.id, peers)
-        return _train(node, learner, init_params(cfg, dtype), cfg, peers, hooks)
+        return _train(node, learner, init_params(cfg, dtype), cfg, peers, hooks,
+                      report or Report(node.id, train.rounds, enabled=False))
     finally:
         if discovery:
             discovery.close()
@@ -148,7 +166,7 @@ def resume_point(node: NodeConfig, cfg: ModelConfig, dtype: np.dtype) -> tuple[i
 
 
 def _train(node: NodeConfig, learner: LocalLearner, theta0: np.ndarray, cfg: ModelConfig,
-           peers: dict[int, str], hooks: DeviceHooks | None) -> dict:
+           peers: dict[int, str], hooks: DeviceHooks | None, report: Report) -> dict:
     """Handshake (resuming from the checkpoint if there is one), the round loop, the final BYE and results."""
     spec, train = node.spec, node.spec.train
     alg = ALGORITHMS[train.algorithm]
@@ -165,11 +183,13 @@ def _train(node: NodeConfig, learner: LocalLearner, theta0: np.ndarray, cfg: Mod
             node.id, node.bind, peers, model_hash=cfg.hash(), spec_hash=spec_hash(spec), algorithm=alg.name,
             dtype=theta0.dtype.name, shape=(cfg.num_params,), arrays=len(alg.messages),
             deadline=node.round_deadline, copy_sends=False, curve=curve, start_round=start, logger=log) as transport:
+        roundlog.write({"event": "start", "run": roundlog.run, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        "pid": os.getpid(), "id": node.id, "round": start, "rounds": train.rounds})
         hellos = transport.handshake(len(peers), node.handshake_timeout)
         row = mixing_row(spec.network.weights, len(peers), {pid: int(h["degree"]) for pid, h in hellos.items()},
                          node.id, spec.network.agents)
         log.info("node %d: handshake done with %s; row %s", node.id, sorted(hellos), row)
-        recorder = Recorder(node, learner, cfg, transport, roundlog, hooks)
+        recorder = Recorder(node, learner, cfg, transport, roundlog, hooks, report)
         if state is not None:
             roundlog.write({"event": "resumed", "round": start, "checkpoint": str(node.checkpoint)})
             recorder.history = history_from_log(node.log, start)
@@ -194,26 +214,36 @@ def _train(node: NodeConfig, learner: LocalLearner, theta0: np.ndarray, cfg: Mod
             results["stopped"] = {"reason": type(stopped).__name__.lower(), "last_round": recorder.round,
                                   "message": str(stopped)}
         results["loss_growth"] = loss_growth(recorder.history.get("train_loss", []))
+    written = [str(node.out)]
     if recorder.theta is not None:
         recorder.checkpoint(recorder.round)
+        recorder.save(params_path(node.out))
+        results["params"] = str(params_path(node.out))
+        written.append(results["params"])
     write_json(node.out, results)
+    report.summary(results, written)
     if stopped is not None:
         raise stopped
     return results
 
 
-def read_round_log(path: Path) -> dict[int, dict]:
-    """The round log as {round: record}: the last line of each round counts; event lines and a line cut
-    short by a crash are skipped."""
-    records: dict[int, dict] = {}
+def log_lines(path: Path) -> list[dict]:
+    """Every JSON object line of a round log, rounds and events, in order; a line cut short by a crash
+    is skipped."""
+    out = []
     for line in (Path(path).read_text().splitlines() if Path(path).exists() else []):
         try:
             r = json.loads(line)
         except ValueError:
             continue
-        if "train_loss" in r:
-            records[r["round"]] = r
-    return records
+        if isinstance(r, dict):
+            out.append(r)
+    return out
+
+
+def read_round_log(path: Path) -> dict[int, dict]:
+    """The round log as {round: record}: the last line of each round counts; event lines are skipped."""
+    return {r["round"]: r for r in log_lines(path) if "train_loss" in r}
 
 
 def history_from_log(path: Path, before: int) -> dict[str, list]:

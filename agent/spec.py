@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,6 +194,19 @@ def _anchor_paths(spec: Spec, base: Path) -> Spec:
     if topo.startswith("file:") and not Path(topo[5:]).is_absolute():
         spec = spec.replace(network=spec.network.replace(topology="file:" + str((base / topo[5:]).resolve())))
     return spec
+
+
+def spec_table(spec: Spec, relative_to: str | Path) -> dict[str, Any]:
+    """The spec's TOML table for a file in folder ``relative_to``: data and topology file paths are
+    written relative to it (the inverse of ``_anchor_paths``), so the spec moves with its files."""
+    raw = spec.to_dict()
+    def rel(path: str) -> str:
+        return os.path.relpath(os.path.abspath(path), os.path.abspath(relative_to))
+    if raw["data"]["name"].endswith(".npz"):
+        raw["data"]["name"] = rel(raw["data"]["name"])
+    if raw["network"]["topology"].startswith("file:"):
+        raw["network"]["topology"] = "file:" + rel(raw["network"]["topology"][5:])
+    return raw
 
 
 def spec_hash(spec: Spec) -> str:

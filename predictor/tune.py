@@ -156,11 +156,9 @@ class LocalRunner:
     def __init__(self, spec: Spec, node) -> None:
         from agent.local import model_config
         from agent.model import init_params
-        from agent.node import load_local_data
+        from agent.node import local_data
         from coordinator_free.topology import swarm_mixing
-        classes = spec.data.classes
-        X, Y = load_local_data(node.data, classes)
-        X_test, Y_test = load_local_data(node.test, classes, "test") if node.test else (None, None)
+        X, Y, X_test, Y_test = local_data(node.replace(spec=spec))
         self.cfg = model_config(spec.model, X.shape[1], Y.shape[1])
         W = swarm_mixing(spec.network)[1]
         self.n_local, self.degree = len(X), len(node.peers)

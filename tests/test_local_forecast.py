@@ -109,3 +109,34 @@ def test_tune_cli_seconds_budget_with_profile_and_node_file(tmp_path):
     tuned = load_node(r["node_file"])
     assert tuned.id == 1 and tuned.spec.train.lr == pytest.approx(r["lr"]) and tuned.peers
     assert main(["tune", "--budget-rounds", "5", "--grid", "lr=fast"]) == 2
+
+
+def test_tuned_node_file_runs_as_written_from_another_folder(tmp_path, monkeypatch):
+    """`tune nodes/node0.toml --out runs/t.json`, all paths relative: the node file it writes loads and
+    trains, started from elsewhere, with the tuned lr; its round log feeds `predict-local --observed`."""
+    import subprocess
+    import sys
+    from agent.loopback import loopback_addresses, write_node_files
+    from agent.node import load_node
+    sw = _swarm("network.agents=1", "model.width=32", "data.samples_per_agent=20", "train.rounds=5")
+    monkeypatch.chdir(tmp_path)
+    write_node_files(sw, tmp_path / "nodes", loopback_addresses(1))
+    assert main(["tune", "nodes/node0.toml", "--quiet", "--budget-rounds", "5", "--out", "runs/t.json"]) == 0
+    r = json.loads((tmp_path / "runs" / "t.json").read_text())
+    tuned = load_node(tmp_path / r["node_file"])
+    assert tuned.spec.train.lr == r["lr"] and tuned.spec.data.name == "digits"
+    for path in (tuned.data, tuned.test, tuned.secret_key):
+        assert path.exists() and path.resolve().is_relative_to(tmp_path / "nodes"), path
+    assert {tuned.out.parent, tuned.log.parent, tuned.checkpoint.parent} == {tmp_path / "runs"}  # its own outputs
+    text = (tmp_path / "runs" / "t.node.toml").read_text()
+    assert 'spec = "t.spec.toml"' in text and str(tmp_path) not in text  # every path relative to the node file
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "agent", str(tmp_path / "runs" / "t.node.toml"), "-q"],
+                          cwd=elsewhere, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    ran = json.loads((tmp_path / "runs" / "agent0.json").read_text())
+    assert len(ran["train_loss"]) == 6 and (tmp_path / "runs" / "agent0.params.npz").exists()
+    assert main(["predict-local", "runs/t.node.toml", "--observed", "runs/agent0.jsonl",
+                 "--out", "runs/local.json"]) == 0  # the log's start line is not a round
+    assert json.loads((tmp_path / "runs" / "local.json").read_text())["recalibrated_on_rounds"] == 5

@@ -1,6 +1,8 @@
-"""``p2pntk export-onnx``: the spec's model with theta_0 baked in, as an ONNX inference model.
+"""``p2pntk export-onnx``: the spec's model with theta_0, or trained parameters, baked in, as an ONNX model.
 
-Input X, float32 (batch, d); output f(X; theta_0), float32 (batch, k); stock onnxruntime loads it.
+Input X, float32 (batch, d); output f(X; theta), float32 (batch, k); stock onnxruntime loads it.
+``--params FILE`` bakes in a board's trained parameters: its final ``agentQ.params.npz`` (written
+beside its results) or a checkpoint, refused unless its model hash is the spec's model's.
 ``--training-graphs DIR`` also writes what a board needs to train with stock onnxruntime: the
 forward, loss + gradient and descent graphs (theta an input; descent.onnx is one fused local step,
 (theta, X, Y, base, alpha) -> (loss, base - alpha grad L(theta))), theta0.npy, layout.json (the
@@ -14,7 +16,7 @@ import numpy as np
 
 from agent import onnx_graphs
 from agent.swarm import Swarm
-from coordinator_free.common.files import atomic_write, write_json, write_text
+from coordinator_free.common.files import atomic_write, read_npz, write_json, write_text
 from coordinator_free.common.errors import UserError
 from predictor.commands import spec_from_args
 
@@ -22,15 +24,19 @@ _PROTOBUF_LIMIT = 2**31 - 2**26  # bytes of weights one ModelProto can hold, wit
 
 
 def register(sub) -> None:
-    p = sub.add_parser("export-onnx", help="write the model with theta_0 baked in as an ONNX file",
-                       description="Write f(X; theta_0) of the spec's model as an ONNX inference model "
-                                   "(input X float32 [batch, d], output f float32 [batch, k]).")
+    p = sub.add_parser("export-onnx", help="write the model (theta_0 or trained parameters) as an ONNX file",
+                       description="Write f(X; theta) of the spec's model as an ONNX inference model "
+                                   "(input X float32 [batch, d], output f float32 [batch, k]), with theta the "
+                                   "initial parameters theta_0 or, with --params, a board's trained ones.")
     p.add_argument("spec", nargs="?", default=None, metavar="SPEC",
                    help="experiment spec TOML (default: the built-in demo spec)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec key, e.g. --set model.width=4096 (value read as TOML; repeatable)")
     p.add_argument("--out", default="runs/model.onnx", metavar="MODEL.onnx",
                    help="inference model to write (default: runs/model.onnx)")
+    p.add_argument("--params", default=None, metavar="PARAMS.npz",
+                   help="bake in these trained parameters instead of theta_0: an agent's final agentQ.params.npz "
+                        "(beside its results) or its checkpoint; the spec must be the one it trained with")
     p.add_argument("--save-problem", default=None, metavar="PROB.npz",
                    help="also write the exact problem (data, theta0, W) the model belongs to")
     p.add_argument("--training-graphs", default=None, metavar="DIR",
@@ -50,7 +56,8 @@ def run(args) -> int:
     if cfg.num_params * 4 > _PROTOBUF_LIMIT:
         raise UserError(f"model has P = {cfg.num_params} parameters: too large to bake into one ONNX file "
                         "(protobuf's 2 GB limit); lower model.width or model.depth")
-    model = onnx_graphs.build("forward", cfg, np.float32, theta=swarm.theta0)
+    theta, source = (swarm.theta0, "theta_0") if args.params is None else trained_params(args.params, cfg)
+    model = onnx_graphs.build("forward", cfg, np.float32, theta=theta)
     _write(args.out, model.SerializeToString(), "--out")
     written = [args.out]
     if args.save_problem:
@@ -60,9 +67,23 @@ def run(args) -> int:
         written.append(write_training_graphs(args.training_graphs, cfg, swarm.theta0, spec.train.dtype))
     kind = "affine" if not cfg.hidden_layers else f"{cfg.activation} MLP depth {cfg.hidden_layers} width {cfg.width}"
     print(f"export-onnx: {kind}, d={cfg.d}, k={cfg.k}, P={cfg.num_params}, model hash {cfg.hash()}, "
-          f"opset {onnx_graphs.OPSET}")
+          f"opset {onnx_graphs.OPSET}, parameters {source}")
     print("wrote " + ", ".join(str(w) for w in written))
     return 0
+
+
+def trained_params(path: str, cfg) -> tuple[np.ndarray, str]:
+    """(theta, "PATH (round k)") from an agent's params file or checkpoint, checked against ``cfg``."""
+    z = read_npz(path, f"--params {path}", ("theta", "model_hash"))
+    theta, model_hash = z["theta"], str(z["model_hash"])
+    if model_hash != cfg.hash():
+        raise UserError(f"--params {path}: its model hash {model_hash} is not the spec's ({cfg.hash()}); give the "
+                        "spec the board trained with (its node file's spec)")
+    if theta.shape != (cfg.num_params,) or not np.issubdtype(theta.dtype, np.floating) \
+            or not np.all(np.isfinite(theta)):
+        raise UserError(f"--params {path}: theta must be {cfg.num_params} finite numbers, got {theta.dtype} "
+                        f"{theta.shape}")
+    return theta, f"{path}" + (f" (round {int(z['round'])})" if "round" in z else "")
 
 
 def write_training_graphs(directory: str, cfg, theta0: np.ndarray, dtype: str) -> str:

@@ -1,6 +1,7 @@
 """``p2pntk loopback`` (N real agent processes on 127.0.0.1) and ``p2pntk agent NODE.toml`` (one device)."""
 from __future__ import annotations
 
+from agent.__main__ import DESCRIPTION as AGENT_DESCRIPTION, add_arguments as add_agent_arguments
 from agent.loopback import failure_summary, run_loopback
 from coordinator_free.common.errors import SwarmIncomplete
 from coordinator_free.common.files import write_json
@@ -26,15 +27,14 @@ def register(sub) -> None:
                    help="override every emulated profile's link bandwidth (Mbit/s)")
     p.set_defaults(func=run)
     a = sub.add_parser("agent", help="run one device's learner from its node file",
-                       description="Run one device's peer-to-peer learner (same as python -m agent NODE.toml).")
-    a.add_argument("node", metavar="NODE.toml")
-    a.add_argument("-v", "--verbose", action="store_true")
+                       description=AGENT_DESCRIPTION + " (The same as python -m agent NODE.toml.)")
+    add_agent_arguments(a)
     a.set_defaults(func=run_agent)
 
 
 def run_agent(args) -> int:
     from agent.__main__ import run as run_node_file
-    return run_node_file(args.node, args.verbose)
+    return run_node_file(args.node, args.verbose, args.quiet)
 
 
 def run(args) -> int:

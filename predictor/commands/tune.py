@@ -1,14 +1,13 @@
 """``p2pntk tune`` (pick lr, width, rounds from forecasts) and ``p2pntk predict-local`` (a board's own forecast)."""
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from agent.node import load_node, node_table
-from agent.spec import load_spec, parse_override
+from agent.process import read_round_log
+from agent.spec import load_spec, parse_override, spec_table
 from coordinator_free.common.errors import UserError
 from coordinator_free.common.files import read_toml, write_json, write_toml
 from coordinator_free.progress import ProgressBar
@@ -30,10 +29,13 @@ def register(sub) -> None:
     p = sub.add_parser("tune", help="pick lr (and width, rounds) by forecasting, never above lr_max",
                        description="Forecast every candidate with the NTK dynamics and pick the one with the lowest "
                                    "forecast loss at the budget. With a node file, the board tunes on its own data.")
-    p.add_argument("spec", nargs="?", default=None, metavar="SPEC_OR_NODE")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("spec", nargs="?", default=None, metavar="SPEC_OR_NODE",
+                   help="experiment spec TOML (default: the built-in demo spec), or a board's node file: it then "
+                        "tunes on its own data and also writes a ready node file (OUT with .node.toml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec key, e.g. --set network.agents=8 (value read as TOML; repeatable)")
     budget = p.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--budget-rounds", type=int, metavar="R")
+    budget.add_argument("--budget-rounds", type=int, metavar="R", help="the number of rounds to forecast at")
     budget.add_argument("--budget-seconds", type=float, metavar="S",
                         help="wall-clock budget; needs a profile for the time per round")
     p.add_argument("--grid", default=None, metavar="lr=...,width=...,rounds=...",
@@ -42,17 +44,19 @@ def register(sub) -> None:
                    help="minimise the final train (default) or test loss, mean over agents")
     p.add_argument("--pick-rounds", action="store_true", help="also pick the best round count within the budget")
     p.add_argument("--profile", default=None, help="device profile for --budget-seconds (default: device.profiles[0])")
-    p.add_argument("--out", default="runs/tune.json")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", default="runs/tune.json",
+                   help="results JSON (default: runs/tune.json); the tuned spec goes beside it (.spec.toml)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or table")
     p.set_defaults(func=run)
 
     lp = sub.add_parser("predict-local", help="a board's forecast of its own loss from its own data (node file)",
                         description="Forecast this agent's trajectory from its own data, the topology and W only; "
                                     "optionally recalibrated on the losses in its round log.")
-    lp.add_argument("node", metavar="NODE.toml")
+    lp.add_argument("node", metavar="NODE.toml", help="the board's node file (its data, test set, spec, peers)")
     lp.add_argument("--observed", default=None, metavar="LOG.jsonl",
                     help="the agent's round log: recalibrate on the rounds observed so far")
-    lp.add_argument("--out", default="runs/predict-local.json")
+    lp.add_argument("--out", default="runs/predict-local.json",
+                    help="forecast JSON (default: runs/predict-local.json)")
     lp.set_defaults(func=run_local)
 
 
@@ -65,24 +69,18 @@ def run(args) -> int:
     profile = args.profile or (spec.device.profiles[0] if spec.device.profiles else None) \
         or (node.profile if node is not None else None)
     bar = ProgressBar(1, "tune", enabled=not args.quiet)
-
-
     result = tune(spec, budget_rounds=args.budget_rounds, budget_seconds=args.budget_seconds,
                   grid=parse_grid(args.grid), objective=args.objective, profile=profile,
                   pick_rounds=args.pick_rounds, node=node, progress=bar.update)
     bar.close()
     out = Path(args.out)
     spec_path = out.with_suffix(".spec.toml")
-    write_toml(spec_path, result["spec"].to_dict())
+    write_toml(spec_path, spec_table(result["spec"], spec_path.parent))
     result["spec_file"] = str(spec_path)
     if node is not None:  # a ready node file: the board's own, pointing at the tuned spec, paths relative to it
-        node_path = out.with_suffix(".node.toml")
-        table = node_table(node)
-        for key in ("data", "test", "out", "log", "checkpoint"):
-            if key in table:
-                table[key] = os.path.relpath(table[key], node_path.parent)
-        table["spec"] = os.path.relpath(spec_path, node_path.parent)
-        write_toml(node_path, table)
+        node_path = out.with_suffix(".node.toml")  # its results, log and checkpoint: the defaults beside it
+        tuned = node.replace(spec=spec_path, out=None, log=None, checkpoint=None)
+        write_toml(node_path, node_table(tuned, relative_to=node_path.parent))
         result["node_file"] = str(node_path)
     write_json(out, result)
     if not args.quiet:
@@ -104,10 +102,13 @@ def run_local(args) -> int:
     delta, rho, observed = None, 0.0, []
     if args.observed:
         try:
-            observed = [json.loads(line)["train_loss"] for line in Path(args.observed).read_text().splitlines()
-                        if line.strip()]
-        except (OSError, ValueError, KeyError) as err:
+            rounds = read_round_log(Path(args.observed))  # the start and resume event lines are skipped
+        except (OSError, UnicodeDecodeError, KeyError, TypeError) as err:
             raise UserError(f"--observed {args.observed}: not an agent round log ({err})") from None
+        while len(observed) in rounds:  # rounds 0, 1, ... up to the first gap (rounds skipped while catching up)
+            observed.append(rounds[len(observed)]["train_loss"])
+        if not observed:
+            raise UserError(f"--observed {args.observed}: not an agent round log (no round 0 in it)")
         delta, rho = runner.lf.recalibrate(observed, t.algorithm, float(t.lr))
     f = runner.lf.forecast(t.algorithm, float(t.lr), t.rounds, *(() if delta is None else (delta, rho)))
     f.update({"kind": "predict-local", "recalibrated_on_rounds": max(len(observed) - 1, 0),
