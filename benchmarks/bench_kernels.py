@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.kernels import make_kernels  # noqa: E402
 from agent.model import ModelConfig, init_params, layer_scales  # noqa: E402
+from coordinator_free.common.errors import UserError  # noqa: E402
 
 BACKENDS = ("numpy", "onnx", "torch")
 
@@ -176,5 +177,9 @@ if __name__ == "__main__":
 
 def cli(quick: bool = False, out: str | None = None) -> None:
     """``p2pntk bench kernels``: the default table (width 4096 only, fewer repeats, with --quick)."""
+    try:
+        import torch  # noqa: F401 - the reference every ratio is measured against
+    except ImportError:
+        raise UserError("bench kernels measures against torch CPU autograd: pip install 'p2p-ntk[torch]'") from None
     argv = ["--widths", "4096", "--repeats", "10"] if quick else []
     main(argv + (["--json", out] if out else []))

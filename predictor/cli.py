@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib import metadata
 
 from coordinator_free.common.errors import Diverged, SwarmIncomplete, Terminated, UserError, exit_status, sigterm_unwinds
 from predictor.commands import (bench, compare, demo, export_onnx, keys, loopback, predict, profiles,
@@ -18,10 +19,20 @@ COMMANDS = (demo, simulate, predict, stability, compare, reproduce, bench, expor
             tune)
 
 
+def version() -> str:
+    """The installed p2p-ntk's version (the package metadata's, so it cannot drift from pyproject.toml)."""
+    try:
+        return metadata.version("p2p-ntk")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="p2pntk",
         description="Peer-to-peer training of wide networks over ZeroMQ, with NTK forecasts of every agent's loss.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}",
+                        help="print the version of p2p-ntk and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for command in COMMANDS:

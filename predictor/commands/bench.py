@@ -1,9 +1,10 @@
 """``p2pntk bench TARGET``: the side-by-side benchmarks of ``benchmarks/`` (docs/design.md, section 9).
 
-Benchmarks are a dev-only layer above the packages and live in the source checkout, not the installed
-package, so this command never imports them: it runs ``python -m benchmarks TARGET [--quick] [--out F]``
-in a subprocess from the checkout and returns its exit status. The table of targets is in
-``benchmarks/__main__.py`` only; an unknown target is reported there (one line, status 2).
+Benchmarks are the layer above the packages (nothing imports them), installed beside them so that a
+normal install runs them too. This command never imports them: it runs ``python -m benchmarks TARGET
+[--quick] [--out F]`` in a subprocess from the folder holding the packages (a source checkout, or
+site-packages) and returns its exit status. The table of targets is in ``benchmarks/__main__.py``
+only; an unknown target is reported there (one line, status 2).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from coordinator_free.common.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[2]  # the parent of the predictor package: a source checkout's root
+ROOT = Path(__file__).resolve().parents[2]  # the parent of the predictor package: a checkout or site-packages
 
 
 def register(sub) -> None:
@@ -35,7 +36,8 @@ def command(target: str, quick: bool = False, out: str | None = None) -> list[st
 
 def run(args) -> int:
     if not (ROOT / "benchmarks" / "__main__.py").is_file():
-        raise UserError(f"benchmark {args.target}: not found; run from a source checkout that has benchmarks/")
+        raise UserError(f"benchmark {args.target}: no benchmarks package beside predictor in {ROOT}; "
+                        "reinstall p2p-ntk (pip install p2p-ntk) or run from a source checkout")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
     code = subprocess.run(command(args.target, args.quick, args.out), cwd=ROOT, env=env).returncode

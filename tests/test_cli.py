@@ -1,0 +1,31 @@
+"""The `p2pntk` command line as a whole: help text on every option of every subcommand, and --version."""
+import argparse
+import subprocess
+import sys
+from importlib import metadata
+
+from predictor.cli import build_parser
+
+
+def _walk(parser: argparse.ArgumentParser, path: str):
+    """(command path, action) for every option and positional of ``parser`` and its subcommands, nested."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, sub in action.choices.items():
+                yield f"{path} {name}", helps.get(name)
+                yield from _walk(sub, f"{path} {name}")
+        elif not isinstance(action, argparse._HelpAction):
+            yield f"{path} {'/'.join(action.option_strings) or action.dest}", action.help
+
+
+def test_every_option_of_every_subcommand_has_help():
+    entries = list(_walk(build_parser(), "p2pntk"))
+    missing = [where for where, text in entries if not (text or "").strip() or text == argparse.SUPPRESS]
+    assert len(entries) > 100 and not missing, f"no help text: {missing}"
+    assert "p2pntk agent -v/--verbose" in dict(entries) and "p2pntk keys new --dir" in dict(entries)
+
+
+def test_version_is_the_installed_package_version():
+    proc = subprocess.run([sys.executable, "-m", "predictor", "--version"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"p2pntk {metadata.version('p2p-ntk')}"
