@@ -50,6 +50,10 @@ class Algorithm:
     ``linearised(W, H, B0, alpha)`` gives A, B in the reduced coordinates of docs/design.md section 5,
     with Wx = W (x) I_r, H = blkdiag(H_q) and B0 the input map (gradient = H x - B0 u);
     ``lr_max`` is a closed form, or None: the predictor searches the reachable system's spectral radius.
+    ``adopt(state, heard, grad_at)`` is the state of an agent that comes back behind its neighbours (paused,
+    or resumed from an old checkpoint), given ``heard``, the weighted average of their current messages:
+    it replaces its stale parameters by theirs before it sends anything (agent.rounds.rejoin). The default
+    takes the first message as theta; an algorithm with more state says how the rest follows.
     """
 
     name: str
@@ -61,6 +65,7 @@ class Algorithm:
     linearised: Callable[[np.ndarray, np.ndarray, np.ndarray, float], LinearForm]
     lr_max: ClosedFormLrMax | None
     full_batch_only: bool = False
+    adopt: Callable[[Arrays, Arrays, GradAt], Arrays] = lambda s, heard, grad_at: (heard[0],)
 
 
 ALGORITHMS: dict[str, Algorithm] = {}
@@ -183,6 +188,14 @@ def _gt_linearised(W: np.ndarray, H: np.ndarray, B0: np.ndarray, alpha: float) -
     return LinearForm(A=A, B=B, X=np.hstack([I, np.zeros((N * r, Vx.shape[1]))]))
 
 
+def _gt_adopt(s: Arrays, heard: Arrays, grad_at: GradAt) -> Arrays:
+    """Take the neighbours' theta; keep our own tracker, moved by our gradient's change, so that
+    sum_q y_q = sum_q grad L_q(theta_q) still holds (taking theirs would bias the fixed point for good)."""
+    theta, y, g = s
+    g_next = grad_at(heard[0])
+    return heard[0], y + (g_next - g), g_next
+
+
 register(Algorithm(
     name="gt", summary="gradient tracking (DIGing): a tracker of the average gradient; exact with a constant step",
     messages=("theta", "tracker"),
@@ -191,4 +204,5 @@ register(Algorithm(
     finish=_gt_finish,
     linearised=_gt_linearised,
     lr_max=None,
-    full_batch_only=True))
+    full_batch_only=True,
+    adopt=_gt_adopt))

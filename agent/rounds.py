@@ -7,6 +7,7 @@ only in the gossip they pass and in what they do with each round's record (docs/
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -16,6 +17,8 @@ import numpy as np
 from agent.algorithms import Algorithm, Arrays, combine, round_step
 from coordinator_free.gossip import Gossip
 from coordinator_free.topology import live_row
+
+log = logging.getLogger("p2pntk.agent")
 
 
 @dataclass
@@ -56,6 +59,27 @@ def agent_round(alg: Algorithm, state: Arrays, grad_at: Callable[[np.ndarray], n
     return state
 
 
+def rejoin(alg: Algorithm, state: Arrays, gossip: Gossip, round_: int, row: dict[int, float],
+           grad_at: Callable[[np.ndarray], np.ndarray]) -> Arrays:
+    """The state with which an agent that fell behind (paused, or resumed from an older checkpoint)
+    enters round ``round_``: it first hears its neighbours' round-``round_`` messages without sending
+    (``gossip.listen``), then adopts their average, weighted by its mixing row (``alg.adopt``). Its
+    stale parameters never enter the mix; its data counts again from this round's gradient step on.
+    With nothing heard (its neighbours have finished), it keeps its own state.
+    """
+    listen = getattr(gossip, "listen", None)
+    heard = listen(round_) if listen else {}
+    if not heard:
+        return state
+    ids = sorted(heard)
+    w = np.array([row[r] for r in ids])
+    w = w / w.sum()
+    mixed = tuple(combine(w, np.stack([heard[r][i] for r in ids])) for i in range(len(alg.messages)))
+    log.warning("node %d: behind the swarm: adopted the parameters of %s and joined at round %d",
+                gossip.node_id, ", ".join(f"peer {r}" for r in ids), round_)
+    return alg.adopt(state, mixed, grad_at)
+
+
 def run_rounds(alg: Algorithm, theta0: np.ndarray, grad: Callable[[np.ndarray, int], np.ndarray], alpha: float,
                rounds: int, gossip: Gossip, row: dict[int, float],
                on_round: Callable[[int, Arrays, RoundTimes], None], start: int = 0,
@@ -66,13 +90,16 @@ def run_rounds(alg: Algorithm, theta0: np.ndarray, grad: Callable[[np.ndarray, i
     round k's update (k = rounds: the final state), with the timings of the round that produced it:
     logging, checkpoints, progress and emulation hook in there. A gossip with ``next_round(k)`` may move
     the agent ahead to the swarm's round (a paused or resumed agent catching up): the rounds between
-    are skipped, with the state kept as it is.
+    are skipped, and the agent enters through ``rejoin``.
     """
     state = alg.init(theta0, lambda t: grad(t, start)) if state is None else state
     times, k = RoundTimes(), start
     catch_up = getattr(gossip, "next_round", lambda r: r)
     while True:
-        k = min(max(k, catch_up(k)), rounds)
+        ahead = min(max(k, catch_up(k)), rounds)
+        if k < ahead < rounds:
+            state = rejoin(alg, state, gossip, ahead, row, lambda t, k=ahead: grad(t, k))
+        k = ahead
         on_round(k, state, times)
         if k == rounds:
             return state

@@ -19,6 +19,7 @@ TARGETS = {
     "loopback": "benchmarks.bench_loopback:cli",
     "tune": "benchmarks.bench_tune:cli",
     "kernels": "benchmarks.bench_kernels:cli",
+    "faults": "benchmarks.bench_faults:cli",
 }
 PROG = "p2pntk bench"
 

@@ -29,8 +29,10 @@ dropped. Because we stop sending, it misses our next message and suspects us too
 is symmetric again one round later. While suspecting, an agent sends a HELLO to its suspected
 neighbours every deadline; a valid HELLO from a suspected (or departed) neighbour re-admits it, on
 both sides. HELLOs carry the sender's round: the one behind (a paused board, a restarted one) skips
-ahead to the other's round (`next_round`), keeping its parameters, which re-enter the mix from that
-round on; the one ahead resends its current round's params and waits for the rejoiner's. A live
+ahead to the other's round (`next_round`); before it sends anything there it hears its neighbours'
+messages of that round (`listen`) and adopts their average (agent.rounds.rejoin), so its stale
+parameters never enter the mix. The one ahead resends its last two rounds' params and waits for the
+rejoiner's. A live
 neighbour already past our round is not waited for (we catch up with it instead). A peer that sends
 BYE leaves the live set without suspicion (and may come back the same way).
 
@@ -284,6 +286,19 @@ class Transport:
         """The round to run after ``round``'s predecessor: ``round``, or later if a neighbour that (re)joined
         reported a later one (a resumed or paused agent catches up with the swarm, skipping rounds)."""
         return max(round, self.catch_up)
+
+    def listen(self, round: int, deadline: float | None = None) -> dict[int, tuple[np.ndarray, ...]]:
+        """Live neighbours' round-`round` params, collected for at most `deadline` (default: half the round
+        deadline) without sending ours: a rejoiner that is behind hears the swarm before it speaks
+        (agent.rounds.rejoin). Returns copies; the messages stay buffered for `exchange(round)`."""
+        if round < self._round:
+            raise ValueError(f"round {round!r}: rounds must be ints >= {self._round}")
+        end = time.monotonic() + (self.deadline / 2 if deadline is None else deadline)
+        got = self._pending[round]
+        while (self.live - got.keys() - self._ahead(round)) and (now := time.monotonic()) < end:
+            self._pay_owed()  # what we owe a neighbour we have re-admitted
+            self._pump(min(0.05, end - now))
+        return {p: tuple(np.array(a) for a in arrays) for p, arrays in sorted(got.items()) if p not in self.suspected}
 
     def _probe(self) -> None:
         """HELLO to suspected neighbours, so that one that comes back is re-admitted on both sides."""

@@ -125,3 +125,28 @@ def test_handshake_refuses_a_peer_on_another_protocol_version():
     finally:
         raw.close(0)
         ctx.term()
+
+
+@pytest.mark.parametrize("naive", [False, True])
+def test_a_gt_rejoiner_that_adopts_its_neighbours_state_keeps_the_exact_minimiser(naive):
+    """agent.rounds.rejoin: an agent back from a pause adopts its neighbours' average through ``alg.adopt``.
+    GT's rule keeps its own tracker (moved by its gradient's change), so the swarm still reaches the exact
+    least-squares minimiser (closed form); taking the neighbours' tracker too would bias it for good."""
+    rng = np.random.default_rng(0)
+    N, d, n = 4, 5, 8
+    A, b = rng.standard_normal((N, n, d)), rng.standard_normal((N, n))
+    star = np.linalg.solve(sum(a.T @ a for a in A), sum(a.T @ y for a, y in zip(A, b)))
+    W = np.array([[1, 1, 0, 1], [1, 1, 1, 0], [0, 1, 1, 1], [1, 0, 1, 1]]) / 3  # the 4-cycle, Metropolis
+    grad_all = lambda X: np.einsum("qnd,qn->qd", A, np.einsum("qnd,qd->qn", A, X) - b)  # noqa: E731
+    gt, alpha = ALGORITHMS["gt"], 0.01  # stable here (0.02 diverges)
+    state = gt.init(np.zeros((N, d)), grad_all)
+    for _ in range(20):  # back while the trackers still disagree
+        state = swarm_step(gt, W, state, grad_all, alpha)
+    heard = tuple(0.5 * (m[1] + m[3]) for m in gt.outgoing(state, None, alpha))  # neighbours 1 and 3 of agent 0
+    grad_0 = lambda x: A[0].T @ (A[0] @ x - b[0])  # noqa: E731
+    adopted = (heard[0], heard[1], grad_0(heard[0])) if naive else gt.adopt(tuple(s[0] for s in state), heard, grad_0)
+    state = tuple(np.vstack([new[None], s[1:]]) for new, s in zip(adopted, state))
+    for _ in range(3000):
+        state = swarm_step(gt, W, state, grad_all, alpha)
+    distance = np.abs(state[0] - star).max() / np.abs(star).max()
+    assert distance > 1e-3 if naive else distance < 1e-9
