@@ -24,8 +24,15 @@ SPEC = ["network.agents=4", "network.topology=cycle", "model.width=32", "train.r
         "data.samples_per_agent=10", "data.test_samples=20"]
 
 
-def _swarm(rounds: int = 30) -> Swarm:
-    return Swarm.from_spec(load_spec(None, SPEC + [f"train.rounds={rounds}"]))
+# The issue's acceptance size: 8 agents, width 512, float64 (-m slow); PACED: rounds paced like a Pi Zero
+# 2 W's link (about 0.3 s), so that 60 rounds outlast the forgeries
+FULL = ["network.agents=8", "network.topology=cycle", "model.width=512", "train.dtype=float64",
+        "data.samples_per_agent=30", "data.test_samples=100"]
+PACED = FULL + ["device.profiles=['raspberry-pi-zero-2w']", "device.emulate=true"]
+
+
+def _swarm(rounds: int = 30, spec: list[str] = SPEC) -> Swarm:
+    return Swarm.from_spec(load_spec(None, spec + [f"train.rounds={rounds}"]))
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +48,11 @@ def _rss_kb(pid: int) -> int | None:
         return None  # the agent has finished
 
 
-def _attack_run(tmp_path, attack, rounds: int = 30):
+def _attack_run(tmp_path, attack, rounds: int = 30, spec: list[str] = SPEC):
     """Run the loopback swarm while ``attack(victim_address, workdir, stop, rss)`` runs in a thread once
     agent 0 has started training (``rss()`` reads the victim's resident memory; the attack returns it
     when done); return (results, agent 0's stderr, its RSS growth in kB while attacked, or None)."""
-    swarm, work, out, stop = _swarm(rounds), tmp_path / "work", {}, threading.Event()
+    swarm, work, out, stop = _swarm(rounds, spec), tmp_path / "work", {}, threading.Event()
 
     def attacker():
         log = work / "agent0.jsonl"
@@ -93,8 +100,8 @@ def _send(sock, frames, stop, wait: bool = True) -> bool:
         return False
 
 
-def _forgeries(work) -> list[list[bytes]]:
-    swarm = _swarm()
+def _forgeries(work, spec: list[str] = SPEC) -> list[list[bytes]]:
+    swarm = _swarm(spec=spec)
     cfg = model_config(swarm.spec.model, 64, 1)
     poison = np.full(cfg.num_params, 1e6)
     base = {"sender": 1, "model_hash": cfg.hash()}
@@ -104,30 +111,41 @@ def _forgeries(work) -> list[list[bytes]]:
     return [[bytes(f) for f in frames] for frames in out]
 
 
-@pytest.mark.parametrize("who", ["unauthenticated", "agent3's key claiming agent 1"])
-def test_forged_params_hello_and_bye_are_never_accepted(tmp_path, fault_free, who):
+def _forged_run(tmp_path, who: str, fault_free: dict, spec: list[str] = SPEC, rounds: int = 30) -> dict:
+    """Forged params, HELLO and BYE sent three times to a live agent 0; asserts none got in, returns its drops.
+    The allow-listed attacker holds the key of agent 0's other neighbour on the cycle (the last agent)."""
+    last = _swarm(spec=spec).n_agents - 1
     def attack(address, work, stop, rss):
         ctx = zmq.Context()
-        sock = _socket(ctx, address, work / "keys", None if who == "unauthenticated" else "agent3")
+        sock = _socket(ctx, address, work / "keys", None if who == "unauthenticated" else f"agent{last}")
         try:
             for _ in range(3):
-                for frames in _forgeries(work):
+                for frames in _forgeries(work, spec):
                     _send(sock, frames, stop, wait=who != "unauthenticated")
                 time.sleep(0.2)
         finally:
             sock.close()
             ctx.term()
 
-    results, stderr, _ = _attack_run(tmp_path, attack)
+    results, stderr, _ = _attack_run(tmp_path, attack, rounds, spec)
     for key in ("train_loss", "test_loss"):
         assert results[key] == fault_free[key]  # bit-identical: not one forged value got in
     victim = results["agents"][0]
     assert not victim["suspected"] and not results["failed_agents"]
     if who == "unauthenticated":  # refused at the CURVE handshake: nothing reached the decoder
         assert "forged" not in victim["dropped"] and "invalid" not in victim["dropped"]
-    else:  # let in by the handshake, then refused message by message: sent with 3's key, claiming 1
+    else:  # let in by the handshake, then refused message by message: sent with the last's key, claiming 1
         assert victim["dropped"]["forged"] >= 10 and "invalid" not in victim["dropped"]
-        assert "was sent with peer 3's key" in stderr
+        assert f"was sent with peer {last}'s key" in stderr
+    return victim["dropped"]
+
+
+WHO = ["unauthenticated", "a neighbour's key claiming agent 1"]
+
+
+@pytest.mark.parametrize("who", WHO)
+def test_forged_params_hello_and_bye_are_never_accepted(tmp_path, fault_free, who):
+    _forged_run(tmp_path, who, fault_free)
 
 
 def _mutations(rng, valid: list[list[bytes]], n: int):
@@ -149,24 +167,28 @@ def _mutations(rng, valid: list[list[bytes]], n: int):
         yield [bytes(f) for f in frames]
 
 
-def test_live_fuzz_of_ten_thousand_frames_neither_crashes_nor_changes_training(tmp_path, capsys):
-    rounds = 1500  # long enough that the victim is still training when the last frame has gone out
+def _fuzz_run(tmp_path, capsys, spec: list[str], rounds: int) -> None:
+    """10,000 mutated frames (half unauthenticated, half from the last agent's allow-listed key) against a live
+    agent 0 that must still be training when the last one goes out: 0 crashes, training bit-identical,
+    stderr under 100 KB, RSS growth under 20 MB."""
+    last = _swarm(spec=spec).n_agents - 1  # agent 0's neighbour on the cycle
+
     def attack(address, work, stop, rss):
-        swarm = _swarm()
+        swarm = _swarm(spec=spec)
         cfg = model_config(swarm.spec.model, 64, 1)
         theta = init_params(cfg, np.float64)
         # Templates that are each one check away from valid, and that no small mutation can make valid (the
-        # key is agent 3's: a valid message would be agent 3's own word, not a forgery): every check of the
+        # key is the last agent's: a valid message would be its own word, not a forgery): every check of the
         # decoder is reached, and training must not move.
-        params = {"type": "params", "sender": 3, "algorithm": "dgd", "model_hash": cfg.hash()}
+        params = {"type": "params", "sender": last, "algorithm": "dgd", "model_hash": cfg.hash()}
         valid = [[bytes(f) for f in encode({**params, "round": 5, "model_hash": "0" * 16}, theta)],
                  [bytes(f) for f in encode({**params, "round": 10**9}, theta)],
                  [bytes(f) for f in encode({**params, "round": 5}, np.full_like(theta, np.nan))],
-                 [bytes(f) for f in encode({"type": "hello", "sender": 3, "model_hash": cfg.hash(), "spec_hash":
+                 [bytes(f) for f in encode({"type": "hello", "sender": last, "model_hash": cfg.hash(), "spec_hash":
                                              "f" * 16, "degree": 2, "round": 0, "heard": [0], "reply": True})]]
         ctx = zmq.Context()
         rng = np.random.default_rng(0)
-        socks = [_socket(ctx, address), _socket(ctx, address, work / "keys", "agent3")]
+        socks = [_socket(ctx, address), _socket(ctx, address, work / "keys", f"agent{last}")]
         try:
             sent = [0, 0]
             for i, frames in enumerate(_mutations(rng, valid, 10000)):
@@ -178,18 +200,34 @@ def test_live_fuzz_of_ten_thousand_frames_neither_crashes_nor_changes_training(t
                 s.close()
             ctx.term()
 
-    results, stderr, rss_growth_kb = _attack_run(tmp_path, attack, rounds)
-    fault_free = run_loopback(_swarm(rounds), tmp_path / "clean", round_deadline=2.0)
+    results, stderr, rss_growth_kb = _attack_run(tmp_path, attack, rounds, spec)
+    fault_free = run_loopback(_swarm(rounds, spec), tmp_path / "clean", round_deadline=2.0)
     for key in ("train_loss", "test_loss"):
         assert results[key] == fault_free[key]
     assert not results["failed_agents"] and not results["agents"][0]["suspected"]
     dropped = results["agents"][0]["dropped"]
     assert dropped["invalid"] + dropped.get("forged", 0) >= 4000  # the allow-listed half reached the decoder
     with capsys.disabled():
-        print(f"\n  live fuzz: dropped {dropped}, victim stderr {len(stderr.encode())} bytes, "
+        print(f"\n  live fuzz, {results['n_params']:,} parameters: dropped {dropped}, victim stderr {len(stderr.encode())} bytes, "
               f"RSS growth {rss_growth_kb} kB, training bit-identical")
     assert len(stderr.encode()) < 100_000 and "Traceback" not in stderr
     assert rss_growth_kb is not None and rss_growth_kb < 20 * 1024
+
+
+def test_live_fuzz_of_ten_thousand_frames_neither_crashes_nor_changes_training(tmp_path, capsys):
+    _fuzz_run(tmp_path, capsys, SPEC, rounds=1500)  # long enough that the victim outlasts the last frame
+
+
+@pytest.mark.slow
+def test_forgeries_and_fuzz_at_the_acceptance_size(tmp_path, capsys):
+    """8 agents, width 512, float64: forgeries against 60 rounds paced like a board's; the fuzz against an
+    unpaced run long enough (1,500 rounds) for all 10,000 frames, each up to a whole model's size, to arrive."""
+    clean = run_loopback(_swarm(60, PACED), tmp_path / "clean", round_deadline=2.0)
+    for i, who in enumerate(WHO):
+        dropped = _forged_run(tmp_path / f"forged{i}", who, clean, PACED, rounds=60)
+        with capsys.disabled():
+            print(f"\n  forged params/HELLO/BYE x 3 ({who}), 8 agents, width 512: 0 accepted, dropped {dropped}")
+    _fuzz_run(tmp_path / "fuzz", capsys, FULL, rounds=1500)
 
 
 def test_revoking_a_key_takes_effect_without_a_restart(tmp_path):
