@@ -20,16 +20,14 @@ RTOL = 1e-10            # eigenvalues of K below RTOL * lambda_max span the null
 
 
 @dataclass(frozen=True)
-class KernelProblem:
-    """The linearised swarm in kernel space: K, f0, targets, who owns which sample, and W.
+class SwarmData:
+    """What every form of the linearised swarm shares: outputs at theta_0, targets, owners and W.
 
-    K (M k, M k) = J J^T on the training set, K_test (T k, M k) = J(X_test) J^T, f0 (M, k) and
-    f0_test (T, k) the outputs at theta_0, Y (M, k) and Y_test (T, k) the targets, agent_of_sample (M,)
-    and W (N, N) the mixing matrix. Vectors of outputs are row-major: entry i*k + j is output j of sample i.
+    f0 (M, k) and f0_test (T, k) the outputs at theta_0, Y (M, k) and Y_test (T, k) the targets,
+    agent_of_sample (M,) and W (N, N) the mixing matrix. Vectors of outputs are row-major: entry i*k + j
+    is output j of sample i.
     """
 
-    K: np.ndarray
-    K_test: np.ndarray
     f0: np.ndarray
     f0_test: np.ndarray
     Y: np.ndarray
@@ -40,13 +38,14 @@ class KernelProblem:
     def __post_init__(self) -> None:
         M, k = self.Y.shape
         T = self.Y_test.shape[0]
-        shapes = {"K": (M * k, M * k), "K_test": (T * k, M * k), "f0": (M, k), "f0_test": (T, k),
-                  "agent_of_sample": (M,), "W": (self.N, self.N)}
-        for name, shape in shapes.items():
+        for name, shape in self._shapes(M, k, T).items():
             if getattr(self, name).shape != shape:
-                raise ValueError(f"KernelProblem.{name} has shape {getattr(self, name).shape}, expected {shape}")
+                raise ValueError(f"{type(self).__name__}.{name} has shape {getattr(self, name).shape}, expected {shape}")
         if np.any(self.counts == 0):
             raise UserError(f"agents {np.flatnonzero(self.counts == 0).tolist()} have no training samples")
+
+    def _shapes(self, M: int, k: int, T: int) -> dict[str, tuple[int, ...]]:
+        return {"f0": (M, k), "f0_test": (T, k), "agent_of_sample": (M,), "W": (self.N, self.N)}
 
     @property
     def N(self) -> int:
@@ -80,6 +79,15 @@ class KernelProblem:
         ``samples[q]`` picks a subset of agent q's own samples (a minibatch; positions within the agent);
         None takes them all. Padding entries have valid False and index M k (one past the end).
         """
+        if samples is None:
+            return self._all_rows
+        return self._rows(samples)
+
+    @cached_property
+    def _all_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._rows(None)
+
+    def _rows(self, samples: list[np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
         k, own = self.k, [np.flatnonzero(self.agent_of_sample == q) for q in range(self.N)]
         if samples is not None:
             own = [o[s] for o, s in zip(own, samples)]
@@ -88,6 +96,24 @@ class KernelProblem:
         for q, o in enumerate(own):
             idx[q, :len(o) * k] = (o[:, None] * k + np.arange(k)).ravel()
         return idx, idx < self.Mk
+
+    @cached_property
+    def own_f0(self) -> np.ndarray:
+        """S_q^T f0 for every agent, (N, m), zero on padding."""
+        return self.padded(self.f0.ravel())[self.agent_rows()[0]]
+
+
+@dataclass(frozen=True)
+class KernelProblem(SwarmData):
+    """The linearised swarm in kernel space: the full empirical NTK K (M k, M k) = J J^T on the training
+    set and K_test (T k, M k) = J(X_test) J^T, with the ``SwarmData``.
+    """
+
+    K: np.ndarray
+    K_test: np.ndarray
+
+    def _shapes(self, M: int, k: int, T: int) -> dict[str, tuple[int, ...]]:
+        return {"K": (M * k, M * k), "K_test": (T * k, M * k), **super()._shapes(M, k, T)}
 
     @cached_property
     def basis(self) -> tuple[np.ndarray, np.ndarray]:
@@ -99,11 +125,6 @@ class KernelProblem:
         """(idx, valid, K_own): K_own[q] = S_q^T K, agent q's rows of K, (N, m, M k), zero on padding."""
         idx, valid = self.agent_rows()
         return idx, valid, gather_rows(self.K, idx, valid)
-
-    @cached_property
-    def own_f0(self) -> np.ndarray:
-        """S_q^T f0 for every agent, (N, m), zero on padding."""
-        return self.padded(self.f0.ravel())[self.own[0]]
 
 
 def gather_rows(K: np.ndarray, idx: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -124,77 +145,109 @@ def outputs_on_test(kp: KernelProblem, C: np.ndarray) -> np.ndarray:
     return C @ kp.K_test.T + kp.f0_test.ravel()
 
 
-class KernelGradient:
-    """grad_all for ``swarm_step`` in c-coordinates: row q = S_q (S_q^T K c_q + f0_q - y_q) / n_q.
-
-    (grad L_q(theta_0 + J^T c_q) = J^T of that row, so every gradient, and every tracker built from
-    gradients, stays in the row space of J and is carried by its c-coefficients.)
-
-    With a minibatch size, S_q selects the round's batch (``agent.local.batch_indices``, the same draw
-    as the real learners) and n_q is the batch size. Set ``round`` before each step.
+class ExactOperator:
+    """The full kernel as an operator for ``operator_rounds``: agent q's rows S_q^T K (gathered once), state
+    c_q (M k,) per agent. The other forms (output-traced, landmarks, the replica swarm) live in
+    ``predictor.kernel_operators`` and ``predictor.local_forecast`` with the same four members.
     """
 
-    def __init__(self, kp: KernelProblem, batch: int | str = "full", seed: int = 0) -> None:
-        self.kp, self.batch, self.seed, self.round = kp, batch, seed, 0
-        self._full = batch == "full" or int(batch) >= kp.counts.max()
-        self._last: tuple[np.ndarray, np.ndarray] | None = None
-        self._r0, self._agents = kp.padded(kp.residual0), np.arange(kp.N)[:, None]
+    def __init__(self, kp: KernelProblem) -> None:
+        self.data, self.kp, self.width, self.rows = kp, kp, kp.Mk, kp.agent_rows()[0].shape[1]
 
-    def rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(idx, valid, K rows, n) for this round's samples."""
-        kp = self.kp
-        if self._full:
-            idx, valid, K_own = kp.own
-            return idx, valid, K_own, kp.counts
-        picks = [batch_indices(int(n), self.batch, self.seed, q, self.round) for q, n in enumerate(kp.counts)]
-        picks = [np.arange(n) if p is None else p for p, n in zip(picks, kp.counts)]
-        idx, valid = kp.agent_rows(picks)
-        return idx, valid, gather_rows(kp.K, idx, valid), np.array([len(p) for p in picks])
+    def apply(self, C: np.ndarray) -> np.ndarray:
+        """S_q^T K c_q for every agent: C (N, M k) -> (N, m), zero on padding."""
+        return (self.kp.own[2] @ C[:, :, None])[..., 0]
 
-    def __call__(self, C: np.ndarray) -> np.ndarray:
-        idx, _, K_rows, n = self.rows()
-        values = (self.products(C, K_rows) + self._r0[idx]) / n[:, None]  # _r0[idx] is 0 on padding
-        G = np.zeros((C.shape[0], C.shape[1] + 1), dtype=C.dtype)
-        G[self._agents, idx] = values
+    def adjoint(self, R: np.ndarray) -> np.ndarray:
+        """S_q R_q for every agent: (N, m) -> (N, M k); padding entries are dropped."""
+        G = np.zeros((R.shape[0], self.width + 1), dtype=R.dtype)
+        G[np.arange(R.shape[0])[:, None], self.kp.agent_rows()[0]] = R
         return G[:, :-1]
 
-    def products(self, C: np.ndarray, K_rows: np.ndarray | None = None) -> np.ndarray:
-        """S_q^T K c_q for every agent, (N, m); the last full-batch product is reused for the same C."""
-        if K_rows is None or K_rows is self.kp.own[2]:
-            if self._last is not None and self._last[0] is C:
-                return self._last[1]
-            self._last = (C, (self.kp.own[2] @ C[:, :, None])[..., 0])
-            return self._last[1]
-        return (K_rows @ C[:, :, None])[..., 0]
+    def apply_test(self, C: np.ndarray) -> np.ndarray:
+        """K(X_test, X) c_q for every agent: (N, M k) -> (N, T k)."""
+        return C @ self.kp.K_test.T
+
+
+class OperatorGradient:
+    """grad_all for ``swarm_step`` in the operator's coordinates: row q = adjoint(S_q^T K c_q + f0_q - y_q) / n_q.
+
+    (grad L_q(theta_0 + J^T c_q) = J^T S_q (...) / n_q, so every gradient, and every tracker built from
+    gradients, stays in the row space of J and is carried by its coefficients.)
+
+    With a minibatch size, only the round's batch (``agent.local.batch_indices``, the same draw as the real
+    learners) counts and n_q is the batch size. Set ``round`` before each step.
+    """
+
+    def __init__(self, op, batch: int | str = "full", seed: int = 0) -> None:
+        data = op.data
+        self.op, self.batch, self.seed, self.round = op, batch, seed, 0
+        self._full = batch == "full" or int(batch) >= data.counts.max()
+        idx, valid = data.agent_rows()
+        self._r0 = data.padded(data.residual0)[idx]  # 0 on padding
+        self._weights = valid / data.counts[:, None]
+        self._last: tuple[np.ndarray, np.ndarray] | None = None
+
+    def weights(self) -> np.ndarray:
+        """1 / n_q on the outputs of this round's samples, 0 elsewhere: (N, m)."""
+        if self._full:
+            return self._weights
+        data, k = self.op.data, self.op.data.k
+        out = np.zeros_like(self._weights)
+        for q, n in enumerate(data.counts):
+            pick = batch_indices(int(n), self.batch, self.seed, q, self.round)
+            pick = np.arange(n) if pick is None else pick
+            out[q, (pick[:, None] * k + np.arange(k)).ravel()] = 1.0 / len(pick)
+        return out
+
+    def __call__(self, C: np.ndarray) -> np.ndarray:
+        return self.op.adjoint((self.products(C) + self._r0) * self.weights())
+
+    def products(self, C: np.ndarray) -> np.ndarray:
+        """S_q^T K c_q for every agent, (N, m); the last product is reused for the same C."""
+        if self._last is None or self._last[0] is not C:
+            self._last = (C, self.op.apply(C))
+        return self._last[1]
+
+
+def operator_rounds(op, algorithm: str, alpha: float, rounds: int, *, batch: int | str = "full", seed: int = 0,
+                    keep: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+    """The linearised rounds with the kernel as an operator (``ExactOperator`` or a structured form):
+    state(k+1) = swarm_step(algorithm, W, state(k), gradient in the operator's coordinates, alpha).
+
+    The state's first array C (N, op.width) holds agent q's coefficients in row q, from C(0) = 0
+    (theta_q = theta_0); other arrays (GT's tracker) are coefficients too. This is v(k+1) = A v(k) + B u
+    of docs/design.md section 5 without forming A. Returns (own, test, kept): each agent's outputs on its
+    own data (rounds+1, N, m) and on the test set (rounds+1, N, T k), and C at the rounds in ``keep``.
+    """
+    alg, data = algorithm_record(algorithm), op.data
+    grad = OperatorGradient(op, batch, seed)
+    own = np.empty((rounds + 1, data.N, data.agent_rows()[0].shape[1]))
+    test = np.empty((rounds + 1, data.N, data.f0_test.size))
+    f0_test = data.f0_test.ravel()
+    kept: dict[int, np.ndarray] = {}
+    with np.errstate(over="ignore", invalid="ignore"):
+        state = alg.init(np.zeros((data.N, op.width)), grad)
+        for r in range(rounds + 1):
+            C = state[0]
+            own[r] = grad.products(C) + data.own_f0
+            test[r] = op.apply_test(C) + f0_test
+            if r in keep:
+                kept[r] = C.copy()
+            if r < rounds:
+                grad.round = r
+                state = swarm_step(alg, data.W, state, grad, alpha)
+    return own, test, kept
 
 
 def discrete_rounds(kp: KernelProblem, algorithm: str, alpha: float, rounds: int, *,
                     batch: int | str = "full", seed: int = 0, keep: tuple[int, ...] = ()
                     ) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
-    """The exact linearised rounds: state(k+1) = swarm_step(algorithm, W, state(k), grad in c-coordinates, alpha).
+    """The exact linearised rounds on the full kernel: ``operator_rounds`` of ``ExactOperator(kp)``.
 
-    The state's first array C (N, M k) holds c_q in row q (v_q = J^T c_q), starting from C(0) = 0
-    (theta_q = theta_0); other arrays (GT's tracker) are kernel coefficients too. This is
-    v(k+1) = A v(k) + B u of docs/design.md section 5 without forming A. Returns (own, test, kept): each
-    agent's outputs on its own data (rounds+1, N, m) and on the test set (rounds+1, N, T k) (see
-    ``own_outputs``), and C at the rounds listed in ``keep``.
+    C (N, M k) holds c_q in row q (v_q = J^T c_q); see ``own_outputs`` for the layout of own.
     """
-    alg = algorithm_record(algorithm)
-    grad = KernelGradient(kp, batch, seed)
-    own = np.empty((rounds + 1, kp.N, kp.own[0].shape[1]))
-    test = np.empty((rounds + 1, kp.N, kp.K_test.shape[0]))
-    kept: dict[int, np.ndarray] = {}
-    with np.errstate(over="ignore", invalid="ignore"):
-        state = alg.init(np.zeros((kp.N, kp.Mk)), grad)
-        for r in range(rounds + 1):
-            C = state[0]
-            own[r], test[r] = own_outputs(kp, C, grad.products(C)), outputs_on_test(kp, C)
-            if r in keep:
-                kept[r] = C.copy()
-            if r < rounds:
-                grad.round = r
-                state = swarm_step(alg, kp.W, state, grad, alpha)
-    return own, test, kept
+    return operator_rounds(ExactOperator(kp), algorithm, alpha, rounds, batch=batch, seed=seed, keep=keep)
 
 
 @dataclass(frozen=True)
@@ -234,7 +287,7 @@ def reduced_system(kp: KernelProblem, algorithm: str, alpha: float) -> ReducedSy
     """
     alg = algorithm_record(algorithm)
     R, R_inv = kp.basis
-    idx, valid, _ = kp.own
+    idx, valid = kp.agent_rows()
     N, r = kp.N, R.shape[1]
     G = np.append(R, np.zeros((1, r)), axis=0)[idx]  # (N, m, r), zero on padding
     n = kp.counts.astype(float)

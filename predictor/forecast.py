@@ -35,7 +35,7 @@ def loss_curves(kp: KernelProblem, own: np.ndarray, test: np.ndarray) -> dict[st
 
     own (R, N, m) and test (R, N, T k) are the outputs of ``discrete_rounds`` or of the flow.
     """
-    idx, valid, _ = kp.own
+    idx, valid = kp.agent_rows()
     y_own = kp.padded(kp.Y.ravel())[idx]
     n, k = kp.counts, kp.k
     with np.errstate(over="ignore", invalid="ignore"):
