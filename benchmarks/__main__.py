@@ -20,6 +20,7 @@ TARGETS = {
     "tune": "benchmarks.bench_tune:cli",
     "kernels": "benchmarks.bench_kernels:cli",
     "faults": "benchmarks.bench_faults:cli",
+    "rehearsal": "benchmarks.bench_rehearsal:cli",
 }
 PROG = "p2pntk bench"
 

@@ -19,12 +19,14 @@ from typing import Callable
 
 @dataclass
 class Job:
-    """One agent process: its command line, its round log (JSONL) and where its stderr goes."""
+    """One agent process: its command line, its round log (JSONL), where its stderr goes, and the folder it
+    runs in (None: the launcher's)."""
 
     name: str
     argv: list[str]
     log: Path
     stderr: Path
+    cwd: Path | None = None
 
 
 @dataclass
@@ -103,7 +105,7 @@ def launch(jobs: list[Job], *, expected_lines: int, timeout: float,
             fh = open(job.stderr, "w")
             handles.append(fh)
             procs.append(subprocess.Popen(job.argv, stdout=subprocess.DEVNULL, stderr=fh, stdin=subprocess.DEVNULL,
-                                          start_new_session=True, env=env))
+                                          start_new_session=True, env=env, cwd=job.cwd))
         deadline = time.monotonic() + timeout
         total = expected_lines * len(jobs)
         while True:

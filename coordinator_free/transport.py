@@ -28,7 +28,9 @@ Suspicion and rejoin: a suspected neighbour is no longer sent to or waited for, 
 dropped. Because we stop sending, it misses our next message and suspects us too, so the live graph
 is symmetric again one round later. While suspecting, an agent sends a HELLO to its suspected
 neighbours every deadline; a valid HELLO from a suspected (or departed) neighbour re-admits it, on
-both sides. HELLOs carry the sender's round: the one behind (a paused board, a restarted one) skips
+both sides. An agent that suspects every neighbour is cut off itself (a partition): it waits for one
+to come back, up to the handshake timeout, instead of training alone to the end. HELLOs carry the
+sender's round: the one behind (a paused board, a restarted one) skips
 ahead to the other's round (`next_round`); before it sends anything there it hears its neighbours'
 messages of that round (`listen`) and adopts their average (agent.rounds.rejoin), so its stale
 parameters never enter the mix. The one ahead resends its last two rounds' params and waits for the
@@ -111,6 +113,7 @@ class Transport:
         self.bytes_sent = self.bytes_received = 0
         self.wait_seconds = 0.0
         self.last_round_stats: dict = {}
+        self.isolation_wait = 60.0  # seconds a cut-off agent waits for a neighbour (set by handshake)
         self._round = int(start_round)  # params for rounds below this are stale
         self.catch_up = self._round  # the highest round a neighbour's HELLO reported (see next_round)
         self.rejoined: collections.Counter[int] = collections.Counter()  # re-admissions per peer
@@ -185,6 +188,7 @@ class Transport:
         if clash := _HELLO_KEYS & extra.keys():
             raise ValueError(f"handshake extra uses reserved keys {sorted(clash)}")
         self._degree, self._extra = int(degree), extra
+        self.isolation_wait = float(timeout)
         end, resend, interval = time.monotonic() + timeout, 0.0, 0.01
         self._handshaking = True
         try:
@@ -300,6 +304,24 @@ class Transport:
             self._pump(min(0.05, end - now))
         return {p: tuple(np.array(a) for a in arrays) for p, arrays in sorted(got.items()) if p not in self.suspected}
 
+    def _wait_for_company(self, round: int) -> None:
+        """Every neighbour is suspected: we are cut off (a partition, our own link down). Rather than train
+        alone to the end, wait, probing every deadline, until one is back (then we catch up with it as a
+        rejoiner) or until ``isolation_wait`` (the handshake timeout) has passed, then go on alone."""
+        self.log.warning("node %d: cut off from every neighbour (%s) at round %d: waiting up to %g s for one to "
+                         "come back", self.node_id, self._names(sorted(self.suspected)), round, self.isolation_wait)
+        t0 = time.monotonic()
+        end, next_probe = t0 + self.isolation_wait, t0
+        while not self.live and (now := time.monotonic()) < end:
+            if now >= next_probe:
+                self._probe()
+                next_probe = now + self.deadline
+            self._pump(min(next_probe, end) - now)
+        self.wait_seconds += time.monotonic() - t0
+        if not self.live:
+            self.log.warning("node %d: no neighbour came back in %g s: going on alone", self.node_id,
+                             self.isolation_wait)
+
     def _probe(self) -> None:
         """HELLO to suspected neighbours, so that one that comes back is re-admitted on both sides."""
         for pid in sorted(self.suspected):
@@ -334,6 +356,8 @@ class Transport:
         start = time.monotonic()
         sent0, recv0, drops0 = self.bytes_sent, self.bytes_received, sum(self.drop_counts.values())
         self._round = round
+        if not self.live and self.suspected:
+            self._wait_for_company(round)
         for old in [r for r in self._pending if r < round]:
             del self._pending[old]
         trackers = None

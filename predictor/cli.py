@@ -11,12 +11,12 @@ import sys
 from importlib import metadata
 
 from coordinator_free.common.errors import Diverged, SwarmIncomplete, Terminated, UserError, exit_status, sigterm_unwinds
-from predictor.commands import (bench, compare, demo, export_onnx, keys, loopback, predict, profiles,
+from predictor.commands import (bench, compare, demo, export_onnx, fleet, keys, loopback, predict, profiles,
                                 reproduce, simulate, stability, tune)
 
 # Each module defines register(subparsers), which sets ``func`` on its parser; this is the help order.
 COMMANDS = (demo, simulate, predict, stability, compare, reproduce, bench, export_onnx, loopback, keys, profiles,
-            tune)
+            tune, fleet)
 
 
 def version() -> str:

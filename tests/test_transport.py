@@ -319,3 +319,35 @@ def test_a_float64_model_larger_than_a_header_crosses_a_curve_link(make, tmp_pat
     for i, got in enumerate(results):
         assert [sorted(g) for g in got] == [[1 - i]] * 3 and not ts[i].suspected
         assert all(g[1 - i][0].tobytes() == sent[1 - i].tobytes() for g in got)
+
+
+def test_an_agent_cut_off_from_every_neighbour_waits_for_one_instead_of_racing_alone(make):
+    """Node 1 of the path 0-1 goes silent for 1.5 s (a partition): node 0 suspects it, and then, having no
+    live neighbour, waits instead of running its remaining rounds alone; node 1 comes back, is
+    re-admitted, and node 0 goes on with it (rejoin and catch-up do the rest)."""
+    ts = path_graph(make, 2)
+    ts[0].deadline = ts[1].deadline = 0.4
+
+    def agent(t: Transport):
+        with t:
+            t.handshake(1, timeout=5)
+            t.exchange(0, value(t.node_id, 0, np.float32))
+            if t.node_id == 1:
+                time.sleep(1.5)
+                for k in range(1, 12):
+                    t.exchange(max(k, t.next_round(k)), value(1, k, np.float32))
+                return None
+            t0 = time.monotonic()
+            t.exchange(1, value(0, 1, np.float32))  # node 1 is silent: suspected
+            suspected_after = set(t.suspected)
+            t.exchange(2, value(0, 2, np.float32))  # cut off: waits here until node 1 is back
+            waited = time.monotonic() - t0
+            heard = [sorted(t.exchange(k, value(0, k, np.float32))) for k in range(3, 10)]
+            return suspected_after, waited, heard, dict(t.rejoined)
+
+    results, errors = run_all(*[lambda t=t: agent(t) for t in ts])
+    assert errors == [None, None]
+    suspected_after, waited, heard, rejoined = results[0]
+    assert suspected_after == {1} and rejoined.get(1, 0) >= 1
+    assert [1] in heard  # training together again
+    assert waited >= 1.3  # it did not race on alone past the partition
