@@ -114,12 +114,14 @@ def bundle_dir(root: Path, board_id: int) -> Path:
 
 
 def write_bundles(boards: list[Board], spec: Spec, root: str | Path, *, rehearsal_data: bool = False,
-                  round_deadline: float = 10.0) -> tuple[Spec, list[Path]]:
+                  round_deadline: float = 10.0, discovery: str = "static") -> tuple[Spec, list[Path]]:
     """One bundle folder per board under ``root``; returns the spec they share and the bundle folders.
 
     The swarm's size is the inventory's (``network.agents`` is set to it). With ``rehearsal_data``, each
     board's data slot holds its slice of the spec's data set, as ``simulate`` splits it, and the
-    shared test set; otherwise the slot is empty and its README says what to put there.
+    shared test set; otherwise the slot is empty and its README says what to put there. With
+    ``discovery = "zeroconf"`` boards find their neighbours over mDNS, each advertising its inventory
+    address (the static peer table stays in the node file, unused, as a record of the plan).
     """
     root = Path(root)
     if spec.network.agents != len(boards):
@@ -144,7 +146,8 @@ def write_bundles(boards: list[Board], spec: Spec, root: str | Path, *, rehearsa
             test = "data/test.npz"
         node = NodeConfig(id=b.id, bind=f"tcp://0.0.0.0:{b.port}", data="data/own.npz", test=test, spec="spec.toml",
                           out="results.json", log="agent.jsonl", checkpoint="checkpoint.npz",
-                          round_deadline=round_deadline, profile=b.profile,
+                          round_deadline=round_deadline, profile=b.profile, discovery=discovery,
+                          advertise=b.host if discovery == "zeroconf" and _is_ipv4(b.host) else None,
                           peers={j: boards[j].address for j in neighbours},
                           secret_key=f"keys/board-{b.id}.key_secret",
                           peer_keys={j: f"keys/board-{j}.key" for j in neighbours})
@@ -155,6 +158,10 @@ def write_bundles(boards: list[Board], spec: Spec, root: str | Path, *, rehearsa
         folders.append(folder)
     shutil.rmtree(keys)
     return spec, folders
+
+
+def _is_ipv4(host: str) -> bool:
+    return re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}", host) is not None
 
 
 def systemd_unit(board_id: int) -> str:

@@ -108,6 +108,8 @@ class NodeConfig(Record):
     profile: str | None = setting(None, text, "device profile name or path")
     emulate: bool = setting(False, flag, "shape sends and slow compute like the profile (loopback)")
     discovery: str = setting("static", one_of("static", "zeroconf"), "static peers or zeroconf discovery")
+    advertise: str | None = setting(None, text, "the IPv4 address zeroconf advertises for this board (default: the "
+                                                "bind host, or this host name's address when bound to 0.0.0.0)")
     transport: str = setting(DEFAULT_TRANSPORT, from_user_check(check_transport), "a registered board transport")
     secret_key: Path | None = setting(None, _path, "this board's NAME.key_secret (p2pntk keys new NAME)")
     peer_keys: dict = setting({}, _key_files, "neighbour id -> its public NAME.key file")

@@ -141,7 +141,7 @@ def run_node(node: NodeConfig, report: Report | None = None) -> dict:
     if node.discovery == "zeroconf":  # the static table, if any, is ignored
         from coordinator_free.discovery import Discovery
         discovery = Discovery(node.id, node.bind, network=spec.network, model_hash=cfg.hash(),
-                              spec_hash=spec_hash(spec))
+                              spec_hash=spec_hash(spec), advertise=node.advertise)
     try:
         if discovery:
             peers = discovery.find_peers(node.handshake_timeout)

@@ -127,7 +127,7 @@ def rehearse(root: str | Path, *, link_mbit: float | None = None, faults: tuple[
             hosts.close()
     rows = fleet_status(folders)
     for row, outcome in zip(rows, outcomes):
-        row["exit"] = outcome.describe()
+        row["exit"], row["failed"] = outcome.describe(), outcome.returncode != 0
     result = {"kind": "rehearsal", "mode": mode, "why_not_netns": why, "wall_s": wall, "boards": rows,
               "faults": [f.__dict__ for f in faults], "ips": ips}
     write_json(Path(root) / "rehearsal.json", result)

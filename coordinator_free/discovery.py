@@ -29,7 +29,7 @@ class Discovery:
     def __init__(self, node_id: int, bind: str, *, network, model_hash: str, spec_hash: str,
                  advertise: str | None = None) -> None:
         try:
-            from zeroconf import IPVersion, ServiceInfo, Zeroconf
+            from zeroconf import InterfaceChoice, IPVersion, ServiceInfo, Zeroconf
         except ImportError:
             raise UserError("discovery = \"zeroconf\" needs python-zeroconf: pip install 'p2p-ntk[discovery]'") from None
         url = urlparse(bind)
@@ -37,12 +37,18 @@ class Discovery:
             raise UserError(f"bind = {bind!r}: discovery needs an explicit port")
         host = advertise or (url.hostname if url.hostname not in ("0.0.0.0", "*", None) else
                              socket.gethostbyname(socket.gethostname()))
+        try:
+            packed = socket.inet_aton(host)
+        except OSError:
+            raise UserError(f"advertise = {host!r}: expected this board's IPv4 address, e.g. 10.0.0.12") from None
         self.node_id, self.model_hash, self.spec_hash = node_id, model_hash, spec_hash
         self.wanted = topology_neighbours(network, node_id)
-        loopback = host.startswith("127.")
-        self.zc = Zeroconf(interfaces=["127.0.0.1"] if loopback else None, ip_version=IPVersion.V4Only)
+        # mDNS on the advertised address's interface (the loopback one for 127.x); all interfaces when the
+        # address was guessed from the host name
+        chosen = advertise or url.hostname not in ("0.0.0.0", "*", None)
+        self.zc = Zeroconf(interfaces=[host] if chosen else InterfaceChoice.All, ip_version=IPVersion.V4Only)
         self.info = ServiceInfo(SERVICE, f"p2pntk-{spec_hash}-{node_id}.{SERVICE}",
-                                addresses=[socket.inet_aton(host)], port=url.port,
+                                addresses=[packed], port=url.port,
                                 properties={"id": str(node_id), "degree": str(len(self.wanted)),
                                             "model": model_hash, "spec": spec_hash})
         self.zc.register_service(self.info)

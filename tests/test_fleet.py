@@ -133,3 +133,17 @@ def test_rehearsal_without_namespaces_falls_back_to_loopback_and_says_so(tmp_pat
     assert refused.returncode == 2 and "a partition needs the network namespaces" in refused.stderr
     if os.geteuid() == 0:
         assert not subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.count("p2pntk-")
+
+
+@needs_netns
+def test_zeroconf_discovery_crosses_the_rehearsal_namespaces(tmp_path):
+    """Bundles made with --discovery zeroconf: each board advertises its inventory address over mDNS on its
+    own namespace's interface and finds its neighbours through the bridge, with no static table in use."""
+    pytest.importorskip("zeroconf")
+    root = _bundles(tmp_path, 10, extra=("--discovery", "zeroconf"))
+    assert 'advertise = "10.77.0.3"' in (root / "board-2" / "node.toml").read_text()
+    proc = _cli("rehearse", str(root), "--quiet", "--timeout", "120")
+    assert proc.returncode == 0, proc.stderr
+    for q in range(4):
+        res = json.loads((root / f"board-{q}" / "results.json").read_text())
+        assert res["neighbours"] == sorted({(q - 1) % 4, (q + 1) % 4}) and len(res["train_loss"]) == 11

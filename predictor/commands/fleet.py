@@ -11,7 +11,7 @@ from pathlib import Path
 from agent.fleet import fleet_status, read_inventory, status_table, write_bundles
 from agent.rehearse import Fault, bundles_of, rehearse
 from agent.spec import load_spec
-from coordinator_free.common.errors import UserError
+from coordinator_free.common.errors import SwarmIncomplete, UserError
 from coordinator_free.common.files import write_json
 from coordinator_free.progress import ProgressBar
 
@@ -37,6 +37,9 @@ def register(sub) -> None:
                            "real boards bring their own)")
     init.add_argument("--round-deadline", type=float, default=10.0,
                       help="seconds a board waits for a neighbour each round (default 10)")
+    init.add_argument("--discovery", choices=("static", "zeroconf"), default="static",
+                      help="static: each node file lists its neighbours' addresses (default); zeroconf: boards "
+                           "find them over mDNS, each advertising its inventory address")
     init.set_defaults(func=run_init)
     status = fsub.add_parser("status", help="report each board from its log and results",
                              description="One line per bundle: state, round, losses, pace, suspected peers. "
@@ -70,7 +73,7 @@ def run_init(args) -> int:
     if out.exists() and any(out.glob("board-*")):
         raise UserError(f"--out {out} already holds bundles; choose another folder (new keys would not match theirs)")
     spec, folders = write_bundles(boards, spec, out, rehearsal_data=args.rehearsal_data,
-                                  round_deadline=args.round_deadline)
+                                  round_deadline=args.round_deadline, discovery=args.discovery)
     print(f"wrote {len(folders)} bundles under {out}/ ({spec.network.topology}, {spec.network.agents} boards, "
           f"{spec.train.rounds} rounds): copy board-N/ onto board N and start it as its README says")
     if not args.rehearsal_data:
@@ -103,4 +106,9 @@ def run_rehearse(args) -> int:
         bar.close()
     print(status_table(result["boards"]))
     print(f"rehearsal ({result['mode']}): {result['wall_s']:.1f} s; wrote {Path(args.root) / 'rehearsal.json'}")
+    failed = [b for b in result["boards"] if b["failed"] and not any(f.kind == "kill" and f.board == b["board"]
+                                                                      for f in faults)]
+    if failed:
+        raise SwarmIncomplete(f"{len(failed)} of {len(result['boards'])} boards failed: " + "; ".join(
+            f"board {b['board']} ({b['exit']}; see {b['folder']}/agent.stderr)" for b in failed))
     return 0
