@@ -10,11 +10,31 @@ import numpy as np
 from agent.model import ModelConfig, backward, forward_with_cache
 from agent.swarm import Swarm
 from coordinator_free.common.errors import UserError
-from predictor.dynamics import Flow, KernelProblem, discrete_rounds, outputs_on_test, own_outputs
+from predictor.dynamics import ExactOperator, Flow, KernelProblem, operator_rounds, outputs_on_test, own_outputs
+from predictor.kernel_operators import landmark_operator, traced_operator
 from predictor.ntk import DEFAULT_MAX_BYTES, train_test_ntk
 from predictor.stability import lr_max_all, lr_max_exact
 
 MODES = ("discrete", "flow")
+KERNELS = ("auto", "exact", "traced", "landmarks")
+EXACT_MAX_OUTPUTS = 2048   # auto: the full kernel (M k)^2 up to this many outputs M k
+TRACED_MAX_SAMPLES = 4096  # auto: the dense output-traced kernel M^2 up to this many samples; landmarks above
+DEFAULT_LANDMARKS = 1024
+
+
+def choose_kernel(kernel: str, samples: int, outputs: int, mode: str = "discrete") -> str:
+    """The kernel form a forecast uses (docs/forecast-cost.md): ``kernel`` unless it is "auto", which takes
+    the full kernel while it is small (M k <= EXACT_MAX_OUTPUTS, and always for the flow), the output-traced
+    kernel up to TRACED_MAX_SAMPLES samples, and landmarks above."""
+    if kernel not in KERNELS:
+        raise UserError(f"--kernel {kernel!r}: expected one of {', '.join(KERNELS)}")
+    if mode == "flow" and kernel not in ("auto", "exact"):
+        raise UserError(f"--kernel {kernel}: the gradient flow needs the exact kernel; use --kernel exact or auto")
+    if kernel != "auto":
+        return kernel
+    if mode == "flow" or samples * outputs <= EXACT_MAX_OUTPUTS:
+        return "exact"
+    return "traced" if samples <= TRACED_MAX_SAMPLES else "landmarks"
 
 
 def kernel_problem(swarm: Swarm, max_bytes: int = DEFAULT_MAX_BYTES, dtype=np.float64) -> KernelProblem:
@@ -70,7 +90,8 @@ def parameters(cfg: ModelConfig, theta0: np.ndarray, X_train: np.ndarray, C: np.
 
 def forecast(swarm: Swarm, mode: str = "discrete", *, kp: KernelProblem | None = None,
              keep: tuple[int, ...] = (), max_bytes: int = DEFAULT_MAX_BYTES,
-             kernel_dtype: str | None = None) -> tuple[dict, dict[int, np.ndarray]]:
+             kernel_dtype: str | None = None, kernel: str = "auto",
+             landmarks: int = DEFAULT_LANDMARKS) -> tuple[dict, dict[int, np.ndarray]]:
     """Forecast the swarm's training with the linearised dynamics; returns (results, kept).
 
     ``mode`` is "discrete" (the exact rounds) or "flow" (the gradient flow at t = 0, 1, ..., rounds).
@@ -81,7 +102,10 @@ def forecast(swarm: Swarm, mode: str = "discrete", *, kp: KernelProblem | None =
     Pass ``kp`` to reuse a kernel problem already computed for the same swarm. ``kernel_dtype`` is the
     precision of the kernel computation, by default the spec's train.dtype: float64 runs are float64
     throughout, and a float32 run's kernel costs half (its rounding, ~1e-7 of K, moves the forecast by
-    ~1e-7, far below the linearisation error). The dynamics always run in float64.
+    ~1e-7, far below the linearisation error). The dynamics always run in float64. ``kernel`` picks the
+    kernel's form (``choose_kernel``): "exact" (the full K), "traced" (Theta (x) I_k: exact for one output
+    and the affine model, an approximation otherwise), "landmarks" (its Nystrom factor on ``landmarks``
+    samples) or "auto"; results say which ("kernel") and whether it is exact ("kernel_exact").
     """
     if mode not in MODES:
         raise UserError(f"mode = {mode!r}: expected one of {', '.join(MODES)}")
@@ -91,28 +115,41 @@ def forecast(swarm: Swarm, mode: str = "discrete", *, kp: KernelProblem | None =
         raise UserError(f"train.batch = {train.batch!r}: the gradient flow needs full batches; "
                         "use the discrete forecast or train.batch = \"full\"")
     kernel_dtype = np.dtype(kernel_dtype or train.dtype).name if kp is None else "precomputed"
+    p = swarm.problem
+    form = "exact" if kp is not None else choose_kernel(kernel, len(p.Y_train), p.Y_train.shape[1], mode)
     t0 = time.perf_counter()
-    if kp is None:
-        kp = kernel_problem(swarm, max_bytes, kernel_dtype)
+    if form == "exact":
+        kp = kp if kp is not None else kernel_problem(swarm, max_bytes, kernel_dtype)
+        op = ExactOperator(kp)
+    elif form == "traced":
+        op = traced_operator(swarm, max_bytes, kernel_dtype)
+    else:
+        op = landmark_operator(swarm, landmarks, max_bytes, kernel_dtype, seed=swarm.spec.data.seed)
     t1 = time.perf_counter()
     if mode == "discrete":
-        own, test, kept_c = discrete_rounds(kp, alg, alpha, rounds, batch=train.batch,
+        own, test, kept_c = operator_rounds(op, alg, alpha, rounds, batch=train.batch,
                                             seed=swarm.spec.data.seed, keep=keep)
     else:
         C = Flow(kp, alg, alpha).coefficients(np.arange(rounds + 1.0))
         own, test = own_outputs(kp, C), outputs_on_test(kp, C)
         kept_c = {r: C[r] for r in keep if 0 <= r <= rounds}
-    curves = loss_curves(kp, own, test)
+    curves = loss_curves(op.data, own, test)
     t2 = time.perf_counter()
-    lr_max = lr_max_all(kp, include=(alg,))
+    lr_max = lr_max_all(kp if form == "exact" else op, include=(alg,))
     t3 = time.perf_counter()
-    kept = {r: parameters(swarm.cfg, swarm.theta0, swarm.problem.X_train, c) for r, c in kept_c.items()}
+    samples = np.arange(len(p.Y_train))
+    if form != "exact" and kept_c:
+        samples = op.coefficients(next(iter(kept_c.values())))[0]
+        kept_c = {r: op.coefficients(c)[1] for r, c in kept_c.items()}
+    kept = {r: parameters(swarm.cfg, swarm.theta0, p.X_train[samples], c) for r, c in kept_c.items()}
     finite = np.isfinite(np.asarray(curves["train_loss"])).all(axis=0) & (np.abs(own).max(axis=(1, 2)) < 1e150)
-    results = {"kind": "predict", "mode": mode, "kernel_dtype": kernel_dtype,
+    exact = form == "exact" or (form == "traced" and (swarm.cfg.k == 1 or swarm.cfg.hidden_layers == 0))
+    results = {"kind": "predict", "mode": mode, "kernel_dtype": kernel_dtype, "kernel": form, "kernel_exact": exact,
+               **({"landmarks": min(landmarks, len(p.Y_train))} if form == "landmarks" else {}),
                "spec": swarm.spec.to_dict(), **curves,
                "final_test_accuracy": [a[-1] for a in curves["test_accuracy"]],
                "diverged_at_round": None if finite.all() else int(np.argmin(finite)),
-               "lr_max": lr_max, "lr_max_exact": lr_max_exact(kp.W), "stable": None if lr_max[alg] is None else bool(alpha < lr_max[alg]),
+               "lr_max": lr_max, "lr_max_exact": lr_max_exact(swarm.W), "stable": None if lr_max[alg] is None else bool(alpha < lr_max[alg]),
                "n_params": swarm.cfg.num_params, "model_hash": swarm.cfg.hash(),
                "timings": {"kernel_s": t1 - t0, "dynamics_s": t2 - t1, "lr_max_s": t3 - t2,
                            "total_s": t3 - t0}}

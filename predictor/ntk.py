@@ -65,10 +65,11 @@ def traced_factors(cfg: ModelConfig, theta: np.ndarray, X: np.ndarray) -> tuple[
     return f, factors
 
 
-def _traced_block(fa: list, fb: list, b_std: float) -> np.ndarray:
-    """sum_l F_l * (E_l^a E_l^b^T): the (na, nb) output-traced kernel block of two row chunks."""
+def _traced_block(fa: list, fb: list, b_std: float, output_only: bool = False) -> np.ndarray:
+    """sum_l F_l * (E_l^a E_l^b^T): the (na, nb) output-traced kernel block of two row chunks (with
+    ``output_only``, the output layer's term F_out alone)."""
     out = None
-    for (s, ha, Ea), (_, hb, Eb) in zip(fa, fb):
+    for (s, ha, Ea), (_, hb, Eb) in zip(fa[:1] if output_only else fa, fb):
         F = ha @ hb.T
         F *= s * s
         F += b_std * b_std
@@ -126,12 +127,13 @@ def empirical_ntk(cfg: ModelConfig, theta: np.ndarray, X1: np.ndarray, X2: np.nd
 
 
 def train_test_ntk(cfg: ModelConfig, theta: np.ndarray, X: np.ndarray, X_test: np.ndarray, *,
-                   max_bytes: int = DEFAULT_MAX_BYTES, dtype=np.float64, traced: bool = False
+                   max_bytes: int = DEFAULT_MAX_BYTES, dtype=np.float64, traced: bool | str = False
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(K, K_test, f0, f0_test): K(X, X) (M k, M k), K(X_test, X) (T k, M k) and f(.; theta) on both.
 
     One pass over [X; X_test] against X: each chunk's factors are computed once while they fit in memory.
-    ``traced``: the output-traced Theta (M, M) and Theta_test (T, M) instead of K and K_test.
+    ``traced``: the output-traced Theta (M, M) and Theta_test (T, M) instead of K and K_test;
+    ``traced = "output"``: the output layer's part of it alone, F_out = s^2 h h'^T + b_std^2.
     """
     M, k = len(X), 1 if traced else cfg.k
     K_all, f_all = _kernel(cfg, theta, np.concatenate([np.asarray(X), np.asarray(X_test)]), M,
@@ -140,7 +142,7 @@ def train_test_ntk(cfg: ModelConfig, theta: np.ndarray, X: np.ndarray, X_test: n
 
 
 def _kernel(cfg: ModelConfig, theta: np.ndarray, X: np.ndarray, cols: np.ndarray | int | None,
-            max_bytes: int, dtype, traced: bool = False) -> tuple[np.ndarray, np.ndarray]:
+            max_bytes: int, dtype, traced: bool | str = False) -> tuple[np.ndarray, np.ndarray]:
     """(K(X, X_cols), f(X)). ``cols`` is the column inputs, or an int n: the leading n rows of X (None: all).
 
     Where columns are leading rows, blocks on the diagonal of that square are symmetrised and only one
@@ -182,10 +184,17 @@ def _kernel(cfg: ModelConfig, theta: np.ndarray, X: np.ndarray, cols: np.ndarray
             if shared and b0 > a0:
                 break  # mirrored from the lower triangle
             fb = fa if shared and b0 == a0 else factors(X, ("row", b0, b1)) if shared else factors(Xc, ("col", b0, b1))
-            block = _traced_block(fa, fb, cfg.b_std) if traced else _block(fa, fb, k, cfg.b_std)
+            block = _traced_block(fa, fb, cfg.b_std, traced == "output") if traced else _block(fa, fb, k, cfg.b_std)
             if shared and b0 == a0:
                 block = 0.5 * (block + block.T)  # exact symmetry for eigh and the DGD symmetrisation
             K[a0 * k:a1 * k, b0 * k:b1 * k] = block
             if shared and b0 < a0 < shared:
                 K[b0 * k:b1 * k, a0 * k:a1 * k] = block.T
     return K, f
+
+
+def kernel_columns(cfg: ModelConfig, theta: np.ndarray, X: np.ndarray, X_cols: np.ndarray, *,
+                   max_bytes: int = DEFAULT_MAX_BYTES, dtype=np.float64, traced: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(K(X, X_cols), f(X; theta)): a few kernel columns (landmarks) for many rows, chunked like the rest."""
+    return _kernel(cfg, theta, X, np.asarray(X_cols), max_bytes, dtype, traced)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.linalg as sl
-from scipy.sparse.linalg import eigsh
+from scipy.sparse.linalg import LinearOperator, eigsh
 
 from agent.algorithms import ALGORITHMS
 from coordinator_free.topology import check_mixing
@@ -81,6 +81,47 @@ def lr_max(kp: KernelProblem, algorithm: str, verify: bool = False) -> float | N
     return candidate
 
 
+def operator_lr_max(op, algorithm: str) -> float | None:
+    """``lr_max`` of a structured kernel operator (``predictor.kernel_operators``), matrix-free.
+
+    The same closed forms: lambda_max of x -> D^-1/2 apply((V (x) I) adjoint(D^-1/2 x)), D = diag(n_q), by
+    Lanczos on one output column (every column shares the kernel), and 2 / lambda_max(H) as ATC/CTA's
+    floor with V = I. None where the rule needs a dense search (GT, a non-symmetric W).
+    """
+    rule = algorithm_record(algorithm).lr_max
+    W = np.asarray(op.data.W, dtype=float)
+    if rule is None or not np.allclose(W, W.T, rtol=0, atol=1e-12):
+        return None
+    if np.linalg.eigvalsh(W)[0] <= -1 + 1e-12:
+        return 0.0
+    top = _top_operator_eig(op, rule.weights(W))
+    candidate = 1.0 / top if top > 0 else float("inf")
+    if rule.local_floor:
+        candidate = max(candidate, 2.0 / _top_operator_eig(op, np.eye(len(W))))
+    return candidate
+
+
+def _top_operator_eig(op, V: np.ndarray) -> float:
+    """lambda_max of the agent-weighted kernel D^-1/2 S^T K S (V (x) I) D^-1/2 on one output column."""
+    # one output column: a structured operator's rows are samples, the exact one's are vec outputs
+    op, stride = (op.column(), op.data.k) if hasattr(op, "column") else (op, 1)
+    data = op.data
+    valid = data.agent_rows()[1][:, ::stride]
+    scale = valid / np.sqrt(data.counts)[:, None]
+    shape = scale.shape
+
+    def matvec(x: np.ndarray) -> np.ndarray:
+        coeffs = op.adjoint(x.reshape(shape) * scale)
+        return (op.apply(V @ coeffs) * scale).ravel()
+
+    n = scale.size
+    if n <= DENSE_EIGH:
+        S = np.column_stack([matvec(e) for e in np.eye(n)])
+        return _top_eig(0.5 * (S + S.T))
+    A = LinearOperator((n, n), matvec=matvec, dtype=np.float64)
+    return float(eigsh(A, k=1, which="LA", tol=1e-10, return_eigenvectors=False)[0])
+
+
 def lr_max_exact(W: np.ndarray) -> dict[str, bool]:
     """Whether ``lr_max(..., verify=False)`` is exact for each algorithm, or only an upper bound."""
     return {name: True if alg.lr_max is None else bool(alg.lr_max.exact(W)) for name, alg in ALGORITHMS.items()}
@@ -123,18 +164,22 @@ def _verified(kp: KernelProblem, algorithm: str, upper: float, rel: float = 1e-6
     return lo
 
 
-def lr_max_all(kp: KernelProblem, verify: bool = False, include: tuple[str, ...] = ()) -> dict[str, float | None]:
-    """lr_max of every registered algorithm. Algorithms that share a closed-form rule share one value
+def lr_max_all(kp, verify: bool = False, include: tuple[str, ...] = ()) -> dict[str, float | None]:
+    """lr_max of every registered algorithm, for a ``KernelProblem`` or a structured operator (then
+    matrix-free, ``operator_lr_max``). Algorithms that share a closed-form rule share one value
     (ATC and CTA: their A's are similar). Dense searches run only with ``verify`` or if named in
     ``include``; otherwise their entry is absent."""
+    def edge(name: str) -> float | None:
+        return lr_max(kp, name, verify) if isinstance(kp, KernelProblem) else operator_lr_max(kp, name)
+
     out: dict[str, float | None] = {}
-    by_rule: dict[int, float] = {}
+    by_rule: dict[int, float | None] = {}
     for name, alg in ALGORITHMS.items():
         if alg.lr_max is None and not (verify or name in include):
             continue
         key = id(alg.lr_max) if alg.lr_max is not None else id(name)
         if key not in by_rule:
-            by_rule[key] = lr_max(kp, name, verify)
+            by_rule[key] = edge(name)
         out[name] = by_rule[key]
     return out
 

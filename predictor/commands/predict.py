@@ -9,7 +9,7 @@ import numpy as np
 from coordinator_free.common.files import write_json, write_npz
 from coordinator_free.common.errors import UserError
 from predictor.commands import add_spec_args, loss_table, lr_max_line, swarm_from_args
-from predictor.forecast import forecast
+from predictor.forecast import DEFAULT_LANDMARKS, KERNELS, forecast
 from predictor.ntk import DEFAULT_MAX_BYTES
 
 
@@ -29,6 +29,13 @@ def register(sub) -> None:
     p.add_argument("--kernel-dtype", choices=("auto", "float64", "float32"), default="auto",
                    help="precision of the NTK computation; auto (default) follows train.dtype. "
                         "The dynamics always run in float64")
+    p.add_argument("--kernel", choices=KERNELS, default="auto",
+                   help="the kernel's form (docs/forecast-cost.md): exact (full, cross-output blocks included), "
+                        "traced (Theta (x) I_k: exact for one output or the affine model), landmarks (its Nystrom "
+                        "factor, approximate), auto (default: exact while M k <= 2048, traced to 4096 samples, "
+                        "landmarks above)")
+    p.add_argument("--landmarks", type=int, default=DEFAULT_LANDMARKS, metavar="L",
+                   help="landmark samples for --kernel landmarks (default: %(default)s)")
     p.set_defaults(func=run)
 
 
@@ -51,11 +58,14 @@ def parse_rounds(text: str, rounds: int) -> tuple[int, ...]:
 def run(args) -> int:
     if args.max_mb <= 0:
         raise UserError(f"--max-mb {args.max_mb}: must be positive")
+    if args.landmarks < 1:
+        raise UserError(f"--landmarks {args.landmarks}: must be a positive integer")
     swarm = swarm_from_args(args)
     spec = swarm.spec
     keep = parse_rounds(args.param_rounds, spec.train.rounds) if args.save_params else ()
     results, kept = forecast(swarm, "flow" if args.flow else "discrete", keep=keep,
-                             max_bytes=int(args.max_mb * 2**20), kernel_dtype=None if args.kernel_dtype == "auto" else args.kernel_dtype)
+                             max_bytes=int(args.max_mb * 2**20), kernel=args.kernel, landmarks=args.landmarks,
+                             kernel_dtype=None if args.kernel_dtype == "auto" else args.kernel_dtype)
     write_json(args.out, results)
     if args.save_params:
         order = sorted(kept)
@@ -64,7 +74,8 @@ def run(args) -> int:
         t, lr = spec.train, results["lr_max"]
         print(f"predict ({results['mode']}): {swarm.n_agents} agents, {spec.network.topology}, "
               f"{t.algorithm.upper()} lr={t.lr}, {t.rounds} rounds, P={swarm.cfg.num_params}, "
-              f"{results['kernel_dtype']} kernel, {results['timings']['total_s']:.3f}s")
+              f"{results['kernel_dtype']} {results['kernel']} kernel{'' if results['kernel_exact'] else ' (approximate)'}, "
+              f"{results['timings']['total_s']:.3f}s")
         print(loss_table(results))
         print(lr_max_line(lr))
         if results["stable"] is False:
