@@ -6,7 +6,10 @@ Concretely, agent r != q holds a class-balanced resample of q's samples, and the
 samples of *different* agents keeps only the shared part of q's empirical NTK,
 C = U max(Lambda - delta, 0) U^T (K_qq = U Lambda U^T): the components below delta are specific to
 each agent's samples and independent across agents. delta = delta_scale * mean(diag K_qq).
-The replica swarm then runs through the same kernel-space dynamics as the global predictor.
+The replica swarm then runs through the same kernel-space dynamics as the global predictor: as a dense
+kernel while it is small, and above that as ``ReplicaOperator``, the output-traced kernel Theta (x) I_k
+applied through one eigendecomposition of q's own Theta, so that it costs about N products with q's
+(n, n) kernel per round instead of an (N n k)^2 matrix.
 ``recalibrate`` refits two knobs to the losses observed in the first rounds of real training:
 delta_scale, and rho, how far the replicas' targets lie from q's own towards the class-balanced
 mean (rho = 0: iid; rho = 1: the others' labels, on average, carry no information about q's classes,
@@ -15,10 +18,11 @@ as in a by-label split).
 from __future__ import annotations
 
 import numpy as np
+from scipy import sparse
 
 from agent.model import ModelConfig
-from predictor.dynamics import KernelProblem, discrete_rounds
-from predictor.forecast import loss_curves
+from predictor.dynamics import KernelProblem, SwarmData, operator_rounds, discrete_rounds
+from predictor.forecast import EXACT_MAX_OUTPUTS, loss_curves
 from predictor.ntk import train_test_ntk
 
 ASSUMPTION = ("replica swarm: every other agent's data is statistically like this agent's own, with balanced "
@@ -44,7 +48,9 @@ class LocalForecaster:
         Xt = X[:1] if X_test is None else X_test
         self.Y_test = self.Y[:1] if Y_test is None else np.asarray(Y_test, np.float64)
         self.has_test = X_test is not None
-        K, Kt, self.f0, self.f0_test = train_test_ntk(cfg, np.asarray(theta0, np.float64), X, Xt)
+        # the dense replica kernel has (N n k)^2 entries: above EXACT_MAX_OUTPUTS outputs, the traced operator
+        self.traced = self.W.shape[0] * len(X) * self.k > EXACT_MAX_OUTPUTS
+        K, Kt, self.f0, self.f0_test = train_test_ntk(cfg, np.asarray(theta0, np.float64), X, Xt, traced=self.traced)
         self.K, self.K_test = K, Kt
         lam, self.U = np.linalg.eigh(K)
         self.lam = np.maximum(lam, 0.0)
@@ -73,20 +79,25 @@ class LocalForecaster:
             out.append(np.concatenate([rng.choice(g, s, replace=True) for g, s in zip(groups, sizes)]))
         return out
 
-    def kernel_problem(self, delta_scale: float = DEFAULT_DELTA_SCALE, rho: float = 0.0) -> KernelProblem:
-        """The replica swarm's KernelProblem (M = N n samples, built from q's kernel alone)."""
+    def kernel_problem(self, delta_scale: float = DEFAULT_DELTA_SCALE, rho: float = 0.0):
+        """The replica swarm (M = N n samples, built from q's kernel alone): a dense ``KernelProblem`` while
+        it is small, a ``ReplicaOperator`` (output-traced) above EXACT_MAX_OUTPUTS outputs."""
         k = self.k
-        delta = delta_scale * self.diag_mean
-        C = (self.U * np.maximum(self.lam - delta, 0.0)) @ self.U.T
         idx = np.concatenate(self.samples)
         owner = np.repeat(np.arange(len(self.samples)), [len(s) for s in self.samples])
+        Y = self.Y[idx].copy()
+        others = owner != self.q
+        Y[others] = (1 - rho) * Y[others] + rho * (0.0 if k == 1 else 1.0 / k)
+        shared = np.maximum(self.lam - delta_scale * self.diag_mean, 0.0)
+        if self.traced:
+            data = SwarmData(f0=self.f0[idx], f0_test=self.f0_test, Y=Y, Y_test=self.Y_test, agent_of_sample=owner,
+                             W=self.W)
+            return ReplicaOperator(data, self.U, shared, self.lam - shared, self.samples, self.K_test)
+        C = (self.U * shared) @ self.U.T
         vec = (idx[:, None] * k + np.arange(k)).ravel()          # output-major vec indices
         own = np.repeat(owner, k)
         same = own[:, None] == own[None, :]
         K = np.where(same, self.K[np.ix_(vec, vec)], C[np.ix_(vec, vec)])
-        Y = self.Y[idx].copy()
-        others = owner != self.q
-        Y[others] = (1 - rho) * Y[others] + rho * (0.0 if k == 1 else 1.0 / k)
         return KernelProblem(K=K, K_test=self.K_test[:, vec], f0=self.f0[idx], f0_test=self.f0_test,
                              Y=Y, Y_test=self.Y_test, agent_of_sample=owner, W=self.W)
 
@@ -94,7 +105,11 @@ class LocalForecaster:
                  rho: float = 0.0, batch: int | str = "full", seed: int = 0) -> dict:
         """This agent's forecast: {"train_loss": [...], "test_loss": [...] (if a test set), ...}."""
         kp = self.kernel_problem(delta_scale, rho)
-        own, test, _ = discrete_rounds(kp, algorithm, alpha, rounds, batch=batch, seed=seed)
+        if isinstance(kp, KernelProblem):
+            own, test, _ = discrete_rounds(kp, algorithm, alpha, rounds, batch=batch, seed=seed)
+        else:
+            own, test, _ = operator_rounds(kp, algorithm, alpha, rounds, batch=batch, seed=seed)
+            kp = kp.data
         curves = loss_curves(kp, own, test)
         out = {"agent": self.q, "train_loss": curves["train_loss"][self.q], "delta_scale": delta_scale,
                "rho": rho, "assumption": ASSUMPTION}
@@ -126,3 +141,54 @@ class LocalForecaster:
                 if err < best_err:
                     best, best_err = (s, rho), err
         return best if best_err * gain < default_err else (DEFAULT_DELTA_SCALE, 0.0)
+
+
+class ReplicaOperator:
+    """The replica swarm's output-traced kernel as an operator for ``operator_rounds`` (c-coordinates).
+
+    Between samples of one replica agent the kernel is q's Theta = U diag(lam) U^T, between two agents its
+    shared part U diag(shared) U^T, so (specific = lam - shared) agent r's outputs are
+    U[i_r] (shared * U^T a_r + specific * U[i_r]^T c_rr), with a_r the coefficients of every replica sample
+    summed onto q's n data points and c_rr those on r's own samples: O(N n^2 k) per round, never (N n k)^2.
+    """
+
+    def __init__(self, data: SwarmData, U: np.ndarray, shared: np.ndarray, specific: np.ndarray,
+                 samples: list[np.ndarray], test: np.ndarray) -> None:
+        self.data, self.U, self.shared, self.specific, self.test = data, U, shared, specific, test
+        n, M = U.shape[0], len(data.Y)
+        self.columns, self.width = data.k, M * data.k
+        idx = np.concatenate(samples)
+        self._to_points = sparse.csr_matrix((np.ones(M), (idx, np.arange(M))), shape=(n, M))
+        self._samples = np.stack(samples)                                 # (N, n_r): every agent holds n_r = n
+        self._own = np.stack([np.flatnonzero(data.agent_of_sample == r) for r in range(data.N)])
+        self._own_mask = (data.agent_of_sample[None, :] == np.arange(data.N)[:, None])[:, :, None]
+
+    def column(self) -> ReplicaOperator:
+        """One output column (every column shares the kernel); ``stability.operator_lr_max`` uses it."""
+        return self
+
+    def _points(self, C3: np.ndarray) -> np.ndarray:
+        """Coefficients summed onto q's n data points, agents side by side: (N, M, c) -> (n, N c)."""
+        M = C3.shape[1]
+        return self._to_points @ C3.transpose(1, 0, 2).reshape(M, -1)
+
+    def apply(self, C: np.ndarray) -> np.ndarray:
+        N, M = C.shape[0], len(self.data.Y)
+        C3 = C.reshape(N, M, -1)
+        c = C3.shape[2]
+        mixed = self.shared[:, None] * (self.U.T @ self._points(C3))
+        mixed += self.specific[:, None] * (self.U.T @ self._points(C3 * self._own_mask))
+        out = (self.U @ mixed).reshape(-1, N, c)                          # (n, N, c): every point, every agent
+        return out[self._samples, np.arange(N)[:, None]].reshape(N, -1)
+
+    def adjoint(self, R: np.ndarray) -> np.ndarray:
+        N, M = R.shape[0], len(self.data.Y)
+        R3 = R.reshape(N, self._own.shape[1], -1)
+        G = np.zeros((N, M, R3.shape[2]), dtype=R.dtype)
+        G[np.arange(N)[:, None], self._own] = R3
+        return G.reshape(N, -1)
+
+    def apply_test(self, C: np.ndarray) -> np.ndarray:
+        N, k = C.shape[0], self.data.k
+        points = self._points(C.reshape(N, -1, k))
+        return (self.test @ points).reshape(-1, N, k).transpose(1, 0, 2).reshape(N, -1)
