@@ -174,3 +174,78 @@ def test_wide_network_forecast_within_two_percent_of_training():
                                              "train.rounds=100", "train.dtype=\"float64\""]))
     errors = compare_results(forecast(swarm)[0], simulate(swarm))
     assert max(errors["train_loss"]) < 0.02 and max(errors["test_loss"]) < 0.02, errors
+
+
+def _structured_reference(swarm):
+    """The structured kernels built from torch Jacobians alone: (K_out, Theta_hidden, Theta_all, Omega) on
+    [X_train; X_test] x X_train. K_out is the output layer's Jacobian Gram (M+T) k x M k; the Thetas are
+    output traces (1/k) sum_j J_j J_j^T; Omega = k W_out^T W_out / tr(W_out^T W_out)."""
+    p, spec = swarm.problem, swarm.spec.to_dict()
+    X = torch.tensor(np.vstack([p.X_train, p.X_test]))
+    theta0 = torch.tensor(swarm.theta0, dtype=torch.float64)
+    k, M = p.Y_train.shape[1], len(p.X_train)
+    J = jacrev(lambda t: mlp(t, X, X.shape[1], k, spec["model"]))(theta0).reshape(len(X) * k, -1).numpy()
+    w = swarm.cfg.layer_sizes[-2]
+    out = slice(J.shape[1] - (w + 1) * k, None)
+    trace = lambda A: np.einsum("ajbj->ab", (A @ A[:M * k].T).reshape(len(X), k, M, k)) / k  # noqa: E731
+    W_out = swarm.theta0[out][:w * k].reshape(w, k)
+    Omega = W_out.T @ W_out
+    return J[:, out] @ J[:M * k, out].T, trace(J) - trace(J[:, out]), trace(J), Omega * (k / np.trace(Omega))
+
+
+def _dense(kp, K_all):
+    """kp with its kernel replaced by K_all ((M+T) k x M k)."""
+    import dataclasses
+    return dataclasses.replace(kp, K=K_all[:kp.Mk], K_test=K_all[kp.Mk:])
+
+
+STRUCTURED = SMALL + ["model.width=48", "model.depth=2", "model.activation=tanh", "data.classes=[0, 1, 2]",
+                      "train.lr=0.4", "train.rounds=15"]
+
+
+@pytest.mark.parametrize("alg", ["dgd", "atc", "cta", "gt"])
+def test_traced_and_landmark_operators_run_the_rounds_of_their_dense_kernels(alg):
+    """The traced operator is the dense kernel F_out (x) I + Theta_h (x) Omega; landmarks on every sample are
+    Theta (x) I, and on half of them its Nystrom approximation: each against dense rounds on that kernel,
+    built from torch Jacobians."""
+    from predictor.dynamics import operator_rounds
+    from predictor.kernel_operators import landmark_operator, landmarks, traced_operator
+    swarm = Swarm.from_spec(load_spec(None, STRUCTURED))
+    kp = kernel_problem(swarm)
+    K_out, Theta_h, Theta, Omega = _structured_reference(swarm)
+    k, M = kp.k, len(kp.Y)
+    chosen = landmarks(kp.agent_of_sample, M // 2, swarm.spec.data.seed)
+    nystrom = Theta[:, chosen] @ np.linalg.pinv(Theta[np.ix_(chosen, chosen)]) @ Theta[:M][:, chosen].T
+    cases = [(traced_operator(swarm), K_out + np.kron(Theta_h, Omega)),
+             (landmark_operator(swarm, M, seed=swarm.spec.data.seed), np.kron(Theta, np.eye(k))),
+             (landmark_operator(swarm, M // 2, seed=swarm.spec.data.seed), np.kron(nystrom, np.eye(k)))]
+    for op, K_all in cases:
+        want = discrete_rounds(_dense(kp, K_all), alg, 0.4, 15)
+        got = operator_rounds(op, alg, 0.4, 15)
+        for a, b in zip(got[:2], want[:2]):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-9 * np.abs(b).max())
+
+
+@pytest.mark.parametrize("alg", ["dgd", "gt"])
+def test_traced_kernel_is_exact_for_the_affine_model(tmp_path, alg):
+    """Affine model, three outputs: K = F (x) I_k exactly, so --kernel traced matches the parameter-space
+    linearisation (and training) like the full kernel."""
+    args = SMALL + ["model.kind=affine", "data.classes=[0, 1, 2]", f"train.algorithm={alg}"]
+    sets = sum((["--set", a] for a in args), [])
+    out, prob, params = tmp_path / "p.json", tmp_path / "prob.npz", tmp_path / "theta.npz"
+    assert main(["predict", *sets, "--kernel", "traced", "--out", str(out), "--save-problem", str(prob),
+                 "--save-params", str(params), "--quiet"]) == 0
+    pred = json.loads(out.read_text())
+    assert pred["kernel"] == "traced" and pred["kernel_exact"] is True
+    ref = parameter_space_linearisation(str(prob), pred["spec"])
+    for curve in ("train_loss", "test_loss"):
+        np.testing.assert_allclose(pred[curve], ref[curve], rtol=1e-8, atol=0)
+    theta = np.load(params)["theta"][-1]
+    np.testing.assert_allclose(theta, ref["theta"], rtol=0, atol=1e-8 * np.abs(ref["theta"]).max())
+
+
+def test_kernel_choice():
+    from predictor.forecast import choose_kernel
+    assert choose_kernel("auto", 40, 3) == "exact" and choose_kernel("auto", 1280, 10) == "traced"
+    assert choose_kernel("auto", 12800, 10) == "landmarks" and choose_kernel("auto", 12800, 10, "flow") == "exact"
+    assert choose_kernel("landmarks", 40, 3) == "landmarks"

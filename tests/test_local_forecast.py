@@ -140,3 +140,21 @@ def test_tuned_node_file_runs_as_written_from_another_folder(tmp_path, monkeypat
     assert main(["predict-local", "runs/t.node.toml", "--observed", "runs/agent0.jsonl",
                  "--out", "runs/local.json"]) == 0  # the log's start line is not a round
     assert json.loads((tmp_path / "runs" / "local.json").read_text())["recalibrated_on_rounds"] == 5
+
+
+@pytest.mark.parametrize("alg", ["dgd", "cta", "gt"])
+def test_replica_operator_runs_the_dense_replica_swarm(alg):
+    """One output (the traced kernel is then the kernel): the replica operator, used above 2048 outputs,
+    gives the dense replica swarm's forecast and lr_max."""
+    from predictor.stability import lr_max_all
+    sw = _swarm("model.width=128", "network.agents=5", "data.samples_per_agent=12")
+    p = sw.problem
+    X, Y = p.agent_data(2)
+    lf = LocalForecaster(sw.cfg, sw.theta0, X, Y, sw.W, 2, p.X_test, p.Y_test)
+    assert not lf.traced
+    dense = lf.forecast(alg, 0.5, 30, rho=0.3), lr_max_all(lf.kernel_problem())
+    lf.traced = True
+    operator = lf.forecast(alg, 0.5, 30, rho=0.3), lr_max_all(lf.kernel_problem())
+    for curve in ("train_loss", "test_loss"):
+        np.testing.assert_allclose(operator[0][curve], dense[0][curve], rtol=1e-10)
+    assert operator[1] == pytest.approx(dense[1], rel=1e-9)

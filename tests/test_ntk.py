@@ -101,3 +101,23 @@ def test_wide_relu_kernel_is_positive_definite_on_distinct_inputs():
     X = np.random.default_rng(2).standard_normal((30, 8))
     lam = np.linalg.eigvalsh(empirical_ntk(cfg, init_params(cfg, np.float64), X))
     assert lam[0] > 1e-6 * lam[-1]
+
+
+@pytest.mark.parametrize("kind,depth,act,k", [("affine", 0, "relu", 3), ("mlp", 1, "relu", 3), ("mlp", 2, "tanh", 4),
+                                              ("mlp", 3, "erf", 1)])
+@pytest.mark.parametrize("max_bytes", [3000, 2**27])
+def test_traced_kernel_is_the_output_trace_of_the_jacobian_kernel(kind, depth, act, k, max_bytes):
+    """Theta = (1/k) sum_j J_j J_j^T, and its output-layer part is the output layer's Jacobian Gram (torch)."""
+    cfg, theta, X, Xt = _setup(kind, depth, act, k)
+    J, Jt = _jacobian(cfg, theta, X), _jacobian(cfg, theta, Xt)
+    trace = lambda A, B: np.einsum("ajbj->ab", (A @ B.T).reshape(len(A) // k, k, len(B) // k, k)) / k  # noqa: E731
+    scale = np.abs(J @ J.T).max()
+    Theta, Theta_t, _, _ = train_test_ntk(cfg, theta, X, Xt, max_bytes=max_bytes, traced=True)
+    np.testing.assert_allclose(Theta, trace(J, J), rtol=0, atol=1e-13 * scale)
+    np.testing.assert_allclose(Theta_t, trace(Jt, J), rtol=0, atol=1e-13 * scale)
+    np.testing.assert_allclose(empirical_ntk(cfg, theta, Xt, X, traced=True, max_bytes=max_bytes), Theta_t,
+                               rtol=0, atol=1e-13 * scale)
+    out = slice(cfg.num_params - (cfg.layer_sizes[-2] + 1) * k, None)  # W_out and b_out, last in the layout
+    F, F_t, _, _ = train_test_ntk(cfg, theta, X, Xt, max_bytes=max_bytes, traced="output")
+    np.testing.assert_allclose(F, trace(J[:, out], J[:, out]), rtol=0, atol=1e-13 * scale)
+    np.testing.assert_allclose(F_t, trace(Jt[:, out], J[:, out]), rtol=0, atol=1e-13 * scale)

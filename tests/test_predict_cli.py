@@ -82,6 +82,8 @@ def test_stability_writes_its_keys(tmp_path, capsys):
     (["predict", "--set", "model.kind=affine", "--save-params", "x.npz", "--param-rounds", "500"], "--param-rounds"),
     (["predict", "--set", "model.kind=affine", "--set", "train.batch=5", "--flow"], "train.batch"),
     (["predict", "--max-mb", "0"], "--max-mb"),
+    (["predict", "--kernel", "landmarks", "--landmarks", "0"], "--landmarks"),
+    (["predict", "--flow", "--kernel", "traced"], "--kernel"),
     (["stability", "--set", "network.topology=moon"], "network.topology"),
     (["compare", "missing.json", "missing2.json"], "missing.json"),
 ])

@@ -147,3 +147,25 @@ def test_minimality_finds_the_modes_hidden_from_every_agent():
     report = stability_report(kernel_problem(swarm), "dgd", 0.5)
     assert report["uncontrollable_modes"] == report["unobservable_modes"] == hidden
     assert not report["minimal"] and report["max_real_eig"] < 0
+
+
+@pytest.mark.parametrize("topology", ["cycle", "star"])
+def test_matrix_free_lr_max_equals_the_dense_closed_form(topology):
+    """operator_lr_max (Lanczos on apply/adjoint) against lr_max on the dense kernel the operator stands
+    for: the full kernel itself, and the traced operator's F_out (x) I + Theta_h (x) Omega built densely."""
+    import dataclasses
+    from predictor.dynamics import ExactOperator
+    from predictor.kernel_operators import readout_mixing, traced_operator
+    from predictor.ntk import train_test_ntk
+    from predictor.stability import operator_lr_max
+    swarm = Swarm.from_spec(load_spec(None, ["train.dtype=float64", "model.width=64", "network.agents=5",
+                                             "data.samples_per_agent=6", "data.classes=[0, 1, 2]",
+                                             f"network.topology={topology}"]))
+    kp, p = kernel_problem(swarm), swarm.problem
+    Theta = train_test_ntk(swarm.cfg, swarm.theta0, p.X_train, p.X_test, traced=True)[0]
+    F = train_test_ntk(swarm.cfg, swarm.theta0, p.X_train, p.X_test, traced="output")[0]
+    dense = dataclasses.replace(kp, K=np.kron(F, np.eye(3)) + np.kron(Theta - F, readout_mixing(swarm.cfg, swarm.theta0)))
+    for alg in ("dgd", "atc"):
+        assert operator_lr_max(ExactOperator(kp), alg) == pytest.approx(lr_max(kp, alg), rel=1e-9)
+        assert operator_lr_max(traced_operator(swarm), alg) == pytest.approx(lr_max(dense, alg), rel=1e-9)
+    assert operator_lr_max(traced_operator(swarm), "gt") is None  # no closed form: not searched matrix-free
