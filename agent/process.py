@@ -15,6 +15,7 @@ import os
 import time
 from pathlib import Path
 
+import networkx as nx
 import numpy as np
 
 from agent.algorithms import ALGORITHMS, Arrays
@@ -25,11 +26,11 @@ from agent.model import ModelConfig, init_params
 from agent.node import NodeConfig, link_security, local_data
 from agent.report import Report
 from agent.rounds import RoundTimes, run_rounds
-from agent.spec import spec_hash
+from agent.spec import Spec, spec_hash, spec_key_hashes
 from coordinator_free.common.errors import Diverged, Terminated, UserError
 from coordinator_free.common.files import check_writable, read_npz, write_json, write_npz
 from coordinator_free.gossip import BoardTransport, transports
-from coordinator_free.topology import mixing_row
+from coordinator_free.topology import build_graph, mixing_row
 from firmware_profiles.apply import check_host_fits, estimate_memory
 
 log = logging.getLogger("p2pntk.agent")
@@ -99,7 +100,9 @@ class Recorder:
     def checkpoint(self, k: int) -> None:
         """theta, the whole algorithm state (GT's tracker too), the round and the model hash: what resume needs."""
         if self.node.checkpoint and k != self._checkpointed:
-            self.save(self.node.checkpoint, state=np.stack(self.state))
+            train = self.node.spec.train  # the values the swarm agreed on: a resumed agent keeps them
+            self.save(self.node.checkpoint, state=np.stack(self.state), lr=np.array(float(train.lr)),
+                      rounds=np.array(train.rounds))
             self._checkpointed = k
 
     def save(self, path: Path, **more: np.ndarray) -> None:
@@ -165,6 +168,29 @@ def resume_point(node: NodeConfig, cfg: ModelConfig, dtype: np.dtype) -> tuple[i
     return int(z["round"]), tuple(np.array(a, dtype=dtype) for a in z["state"])
 
 
+def agree_on_tuned_values(node: NodeConfig, transport: BoardTransport) -> Spec:
+    """The spec with the values the swarm agreed on for the keys each board may tune for itself
+    (agent.spec.TUNED_LOCALLY: lr and rounds): the minimum over all boards' proposals, flooded through the
+    graph in diameter steps before round 0. Each board proposes at most its own lr_max estimate (tune never
+    goes above it), so the agreed lr is below every board's estimate."""
+    spec = node.spec
+    proposed = {"lr": float(spec.train.lr), "rounds": spec.train.rounds}
+    graph = build_graph(spec.network.topology, spec.network.agents, spec.network.seed)
+    agreed = transport.agree(proposed, nx.diameter(graph))
+    if agreed != proposed:
+        log.warning("node %d: the swarm agreed on train.lr = %.6g and train.rounds = %d (we proposed %.6g and %d)",
+                    node.id, agreed["lr"], int(agreed["rounds"]), proposed["lr"], proposed["rounds"])
+    return spec.updated({"train.lr": agreed["lr"], "train.rounds": int(agreed["rounds"])})
+
+
+def checkpointed_values(node: NodeConfig) -> Spec:
+    """A resumed agent's spec with the lr and rounds its swarm agreed on, as its checkpoint recorded them."""
+    z = read_npz(node.checkpoint, f"checkpoint {node.checkpoint}")
+    if "lr" not in z:
+        return node.spec
+    return node.spec.updated({"train.lr": float(z["lr"]), "train.rounds": int(z["rounds"])})
+
+
 def _train(node: NodeConfig, learner: LocalLearner, theta0: np.ndarray, cfg: ModelConfig,
            peers: dict[int, str], hooks: DeviceHooks | None, report: Report) -> dict:
     """Handshake (resuming from the checkpoint if there is one), the round loop, the final BYE and results."""
@@ -185,7 +211,10 @@ def _train(node: NodeConfig, learner: LocalLearner, theta0: np.ndarray, cfg: Mod
             deadline=node.round_deadline, copy_sends=False, curve=curve, start_round=start, logger=log) as transport:
         roundlog.write({"event": "start", "run": roundlog.run, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                         "pid": os.getpid(), "id": node.id, "round": start, "rounds": train.rounds})
-        hellos = transport.handshake(len(peers), node.handshake_timeout)
+        hellos = transport.handshake(len(peers), node.handshake_timeout, extra={"spec_keys": spec_key_hashes(spec)})
+        spec = agree_on_tuned_values(node, transport) if state is None else checkpointed_values(node)
+        node, train = node.replace(spec=spec), spec.train
+        report.rounds = train.rounds
         row = mixing_row(spec.network.weights, len(peers), {pid: int(h["degree"]) for pid, h in hellos.items()},
                          node.id, spec.network.agents)
         log.info("node %d: handshake done with %s; row %s", node.id, sorted(hellos), row)
@@ -206,7 +235,7 @@ def _train(node: NodeConfig, learner: LocalLearner, theta0: np.ndarray, cfg: Mod
                    "suspected": sorted(transport.suspected), "dropped": dict(transport.drop_counts),
                    "model_hash": cfg.hash(), "n_params": cfg.num_params, "neighbours": sorted(peers),
                    "rejoined": {str(p): n for p, n in transport.rejoined.items()}, "resumed_at_round":
-                   start if state is not None else None}
+                   start if state is not None else None, "agreed": {"lr": train.lr, "rounds": train.rounds}}
         if hooks:
             results["profile"] = {"name": hooks.profile.name, "emulated": hooks.emulate,
                                   "estimated_round_s": hooks.estimate["total_s"]}

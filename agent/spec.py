@@ -209,14 +209,34 @@ def spec_table(spec: Spec, relative_to: str | Path) -> dict[str, Any]:
     return raw
 
 
-def spec_hash(spec: Spec) -> str:
-    """Hash of the resolved spec; agents refuse a neighbour whose swarm spec differs.
+# What a board may choose for itself (``p2pntk tune``): the swarm agrees on these at start (the minimum of
+# the proposals, agent.process), so they are left out of the spec hash. Everything else must match.
+TUNED_LOCALLY = ("train.lr", "train.rounds")
 
-    File paths count by their file name only, since each device keeps its files in its own folder.
-    """
+
+def shared_keys(spec: Spec) -> dict[str, Any]:
+    """The spec's keys every agent must share, flat ("section.key" -> value). File paths count by their
+    file name only, since each device keeps its files in its own folder."""
     raw = spec.to_dict()
     if raw["data"]["name"].endswith(".npz"):
         raw["data"]["name"] = Path(raw["data"]["name"]).name
     if raw["network"]["topology"].startswith("file:"):
         raw["network"]["topology"] = "file:" + Path(raw["network"]["topology"][5:]).name
-    return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
+    flat = {f"{section}.{key}": value for section, table in raw.items() if isinstance(table, dict)
+            for key, value in table.items()}
+    flat.update({key: value for key, value in raw.items() if not isinstance(value, dict)})
+    return {key: value for key, value in sorted(flat.items()) if key not in TUNED_LOCALLY}
+
+
+def _digest(value: Any, n: int) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:n]
+
+
+def spec_hash(spec: Spec) -> str:
+    """Hash of what every agent must share (``shared_keys``); agents refuse a neighbour whose hash differs."""
+    return _digest(shared_keys(spec), 16)
+
+
+def spec_key_hashes(spec: Spec) -> dict[str, str]:
+    """A short hash per shared key: sent in the HELLO, so a mismatch names the keys that differ."""
+    return {key: _digest(value, 8) for key, value in shared_keys(spec).items()}

@@ -69,6 +69,14 @@ _HELLO_KEYS = {"v", "type", "sender", "round", "model_hash", "spec_hash", "degre
                "reply", "algorithm", "dtype", "shape", "arrays"}
 
 
+def _differing(ours, theirs) -> str:
+    """The spec keys whose hashes differ, from the HELLOs' ``spec_keys`` (name -> short hash), in a phrase."""
+    if not isinstance(ours, dict) or not isinstance(theirs, dict):
+        return "it does not say which keys differ"
+    keys = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+    return f"{', '.join(map(str, keys[:8]))}{' ...' if len(keys) > 8 else ''} differ" if keys else "keys differ"
+
+
 def free_tcp_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port that was free a moment ago on `host`.
 
@@ -121,6 +129,7 @@ class Transport:
         self._sent: dict[int, list] = {}  # the last two rounds' params frames, resent to a rejoiner
         self._owed: dict[int, list[list]] = {}  # rejoiner -> params frames it is still owed, oldest first
         self._pending: dict[int, dict[int, np.ndarray]] = collections.defaultdict(dict)
+        self._agree: dict[int, dict[int, dict]] = collections.defaultdict(dict)  # step -> sender -> values
         self._hellos: dict[int, dict] = {}
         self._mismatch: dict[int, str] = {}
         self._acked: set[int] = set()  # peers whose HELLO lists us
@@ -234,8 +243,9 @@ class Transport:
 
     def _on_hello(self, sender: int, h: dict, problem: str | None) -> None:
         if problem is None and h["spec_hash"] != self.spec_hash:
-            problem = (f"spec hash {h['spec_hash']!r:.80} but ours is {self.spec_hash!r}; all "
-                       f"agents must run the same experiment spec")
+            problem = (f"another experiment spec: {_differing(self._extra.get('spec_keys'), h.get('spec_keys'))} "
+                       f"(spec hash {h['spec_hash']!r:.80}, but ours is {self.spec_hash!r}); all agents must share "
+                       f"every spec key but the ones tuned locally")
         if problem is not None and not self._handshaking:
             self._drop("invalid", f"HELLO from peer {sender}: {problem}", logging.WARNING)
             return
@@ -303,6 +313,28 @@ class Transport:
             self._pay_owed()  # what we owe a neighbour we have re-admitted
             self._pump(min(0.05, end - now))
         return {p: tuple(np.array(a) for a in arrays) for p, arrays in sorted(got.items()) if p not in self.suspected}
+
+    def agree(self, values: dict[str, float], steps: int, deadline: float | None = None) -> dict[str, float]:
+        """The minimum of every agent's ``values`` (name -> positive number), by ``steps`` rounds of
+        flooding: each step sends the smallest values seen so far to the live neighbours and takes the
+        minimum with theirs. With ``steps`` >= the graph's diameter every agent ends with the swarm's
+        minimum. A neighbour silent for a step's ``deadline`` is left out of that step (not suspected)."""
+        deadline = self.deadline if deadline is None else deadline
+        current = {k: float(v) for k, v in values.items()}
+        for step in range(steps):
+            frames = encode({"type": "agree", "sender": self.node_id, "model_hash": self.model_hash,
+                             "step": step, "values": current})
+            for pid in sorted(self.live):
+                self._send(pid, frames)
+            end = time.monotonic() + deadline
+            got = self._agree[step]
+            while (self.live - got.keys()) and (now := time.monotonic()) < end:
+                self._pump(min(0.05, end - now))
+            for theirs in self._agree.pop(step).values():
+                for k in current:
+                    if k in theirs:
+                        current[k] = min(current[k], float(theirs[k]))
+        return current
 
     def _wait_for_company(self, round: int) -> None:
         """Every neighbour is suspected: we are cut off (a partition, our own link down). Rather than train
@@ -579,6 +611,8 @@ class Transport:
         self._last_heard[s] = time.monotonic()
         if msg.type == "hello":
             self._on_hello(s, msg.header, None)
+        elif msg.type == "agree":
+            self._agree[msg.header["step"]].setdefault(s, msg.header["values"])
         elif msg.type == "bye":
             if s not in self.departed:
                 self.departed.add(s)

@@ -10,6 +10,8 @@ algorithm's number of messages (1 for DGD/ATC/CTA, 2 for GT: theta and the track
               ids), reply (bool), extras
   params      round (int), algorithm (str), dtype ("float32" | "float64"), shape (list of int),
               arrays (int, = n)
+  agree       step (int), values (an object of at most MAX_AGREE_VALUES names -> positive finite
+              numbers): one step of the start-up agreement on locally tuned values (lr, rounds)
 Array frames: the prod(shape) * itemsize bytes of each array, little-endian, C order; all arrays of
 one message share the header's dtype and shape. Version 2 added the array count (version 1 carried one).
 
@@ -26,14 +28,15 @@ from dataclasses import dataclass
 import numpy as np
 
 PROTOCOL_VERSION = 2
-MESSAGE_TYPES = ("hello", "params", "bye")
+MESSAGE_TYPES = ("hello", "params", "bye", "agree")
 MAX_HEADER_BYTES = 65536
 MAX_BRACKETS = 32       # [ and { in one header: ours nest two deep and hold two lists
 MAX_DIGITS = 19         # a JSON number longer than this is refused before it is converted
 MAX_INT = 2**31 - 1     # every int field: ids, rounds, degrees, shape entries
 MAX_HEARD = 65536       # ids in a HELLO's heard list
 _FLOAT_DTYPES = ("float16", "float32", "float64")
-_FRAMES = {"hello": 1, "bye": 1}  # header only; params: header + `Expect.arrays` arrays
+MAX_AGREE_VALUES = 8    # names in an agree message's values
+_FRAMES = {"hello": 1, "bye": 1, "agree": 1}  # header only; params: header + `Expect.arrays` arrays
 
 
 def _params_header_bound() -> int:
@@ -183,6 +186,13 @@ def decode(frames: list, expect: Expect) -> Message:
         if len(heard) > MAX_HEARD or not all(type(i) is int and 0 <= i <= MAX_INT for i in heard):
             raise WireError(f"header field 'heard' must be a list of at most {MAX_HEARD} ids in "
                             f"[0, {MAX_INT}]", field="heard", header=h)
+    if kind == "agree":
+        _int(h, "step")
+        values = _field(h, "values", dict)
+        if len(values) > MAX_AGREE_VALUES or not all(
+                isinstance(k, str) and len(k) <= 40 and type(v) in (int, float) and v > 0 for k, v in values.items()):
+            raise WireError(f"header field 'values' must map at most {MAX_AGREE_VALUES} short names to positive "
+                            "numbers", field="values", header=h)
     if kind != "params":
         return Message(kind, sender, -1, h, None)
 

@@ -151,7 +151,8 @@ class SwarmRunner:
 
 
 class LocalRunner:
-    """On-device forecasts for node q from its own files only: its replica swarm's kernel is computed once."""
+    """On-device forecasts for node q from its own files only: its replica swarm's kernel is computed once.
+    The spec's minibatch size and data seed (which draws the batches, as the real learner does) apply."""
 
     def __init__(self, spec: Spec, node) -> None:
         from agent.local import model_config
@@ -164,9 +165,10 @@ class LocalRunner:
         self.n_local, self.degree = len(X), len(node.peers)
         self.lf = LocalForecaster(self.cfg, init_params(self.cfg, np.float64), X, Y, W, node.id, X_test, Y_test)
         self.lr_max = lr_max_all(self.lf.kernel_problem(), include=(spec.train.algorithm,))
+        self.batch, self.seed = spec.train.batch, spec.data.seed
 
     def __call__(self, algorithm: str, lr: float, rounds: int, objective: str) -> np.ndarray:
-        f = self.lf.forecast(algorithm, lr, rounds)
+        f = self.lf.forecast(algorithm, lr, rounds, batch=self.batch, seed=self.seed)
         if objective == "test" and "test_loss" not in f:
             raise UserError("--objective test needs a test set in the node file (key test)")
         return np.asarray(f[f"{objective}_loss"], float)

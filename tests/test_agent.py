@@ -50,6 +50,7 @@ def test_agent_drops_malformed_messages_and_finishes(tmp_path):
                        algorithm="dgd", dtype="float64", shape=(cfg.num_params,),
                        curve=Curve(keys / "agent1.key_secret", {0: keys / "agent0.key"})) as me:
             me.handshake(1, timeout=30)
+            me.agree({"lr": float(spec.train.lr), "rounds": rounds}, steps=1)  # as a real agent 1 does at start
             raw.connect(addrs[0])
             for k in range(rounds):
                 raw.send_multipart([b"\xff\xfegarbage", b"123"])

@@ -351,3 +351,36 @@ def test_an_agent_cut_off_from_every_neighbour_waits_for_one_instead_of_racing_a
     assert suspected_after == {1} and rejoined.get(1, 0) >= 1
     assert [1] in heard  # training together again
     assert waited >= 1.3  # it did not race on alone past the partition
+
+
+def test_a_spec_mismatch_names_the_keys_that_differ(make):
+    a0, a1 = (f"tcp://127.0.0.1:{free_tcp_port()}" for _ in range(2))
+    t0, t1 = make(0, a0, {1: a1}), make(1, a1, {0: a0}, spec_hash="s1")
+    ours = {"data.classes": "aa", "model.width": "bb", "train.algorithm": "cc"}
+    theirs = {"data.classes": "ab", "model.width": "bc", "train.algorithm": "cc"}
+    _, errors = run_all(lambda: t0.handshake(1, timeout=5, extra={"spec_keys": ours}),
+                        lambda: t1.handshake(1, timeout=5, extra={"spec_keys": theirs}))
+    for e in errors:
+        assert isinstance(e, UserError) and "data.classes, model.width differ" in str(e), e
+
+
+def test_agree_floods_the_minimum_of_the_proposals_in_diameter_steps(make):
+    """Path 0-1-2-3 (diameter 3): each agent ends with the minimum lr and rounds of all four, though 0 and 3
+    never talk directly."""
+    ts = path_graph(make, 4)
+    proposals = [{"lr": 0.5, "rounds": 60}, {"lr": 0.45, "rounds": 80}, {"lr": 0.6, "rounds": 70},
+                 {"lr": 0.3, "rounds": 90}]
+
+    def agent(t: Transport):
+        with t:
+            t.handshake(len(t.peers), timeout=5)
+            return t.agree(proposals[t.node_id], steps=3)
+
+    results, errors = run_all(*[lambda t=t: agent(t) for t in ts])
+    assert errors == [None] * 4 and results == [{"lr": 0.3, "rounds": 60.0}] * 4
+    def one_step(t: Transport):
+        t.handshake(len(t.peers), timeout=5)
+        return t.agree(proposals[t.node_id], steps=1)
+
+    short, _ = run_all(*[lambda t=t: one_step(t) for t in path_graph(make, 4)])
+    assert short[0]["lr"] == 0.45  # one step only reaches the neighbours: agent 3's 0.3 needs three

@@ -59,6 +59,9 @@ def test_hello_and_bye_round_trip():
     assert msg.header["device"] == "pi4" and msg.header["degree"] == 2
     msg = decode(encode({"type": "bye", "sender": 2, "model_hash": "m0"}), expect())
     assert (msg.type, msg.sender) == ("bye", 2)
+    msg = decode(encode({"type": "agree", "sender": 2, "model_hash": "m0", "step": 1,
+                         "values": {"lr": 0.25, "rounds": 60}}), expect())
+    assert (msg.type, msg.header["step"], msg.header["values"]) == ("agree", 1, {"lr": 0.25, "rounds": 60})
 
 
 BAD = {
@@ -104,6 +107,14 @@ BAD = {
     "hello without degree": (encode({"type": "hello", "sender": 0, "model_hash": "m0",
                                      "spec_hash": "s", "heard": []}), "missing header field 'degree'"),
     "huge header": ([b" " * 70000 + b"{}", bytes(48)], "over the 65536-byte cap"),
+    "agree, negative lr": (encode({"type": "agree", "sender": 0, "model_hash": "m0", "step": 0,
+                                   "values": {"lr": -1.0}}), "'values' must map at most 8 short names"),
+    "agree, string value": (encode({"type": "agree", "sender": 0, "model_hash": "m0", "step": 0,
+                                    "values": {"lr": "0.1"}}), "'values' must map"),
+    "agree, too many values": (encode({"type": "agree", "sender": 0, "model_hash": "m0", "step": 0,
+                                       "values": {f"k{i}": 1 for i in range(9)}}), "'values' must map"),
+    "agree, huge step": (encode({"type": "agree", "sender": 0, "model_hash": "m0", "step": 2**40,
+                                 "values": {"lr": 0.1}}), "'step' = 1099511627776 is outside"),
 }
 
 
