@@ -2,11 +2,19 @@
 number of agents N and samples M (up to N = 64). ``p2pntk bench predictor [--quick] [--out FILE.json]``.
 
 Times are the best of several repeats (the machine is shared; the minimum is the least disturbed run).
+The CLI table runs whole commands as subprocesses (imports included, as a user sees them) and reads each
+one's peak RSS from os.wait4; growth exponents are least-squares slopes of log time against log size.
 """
 from __future__ import annotations
 
 import contextlib
+import math
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Callable
 
 from agent.simulator import simulate
@@ -99,6 +107,60 @@ def _scaling_row(agents: int, per_agent: int, quick: bool) -> dict:
             "simulate_s": t_sim, "ratio": t_sim / t_pred}
 
 
+def run_cli(argv: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB) of ``python -m predictor ARGV`` run as its own process."""
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "predictor", *argv], stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"p2pntk {' '.join(argv)} failed")
+    return time.perf_counter() - t, usage.ru_maxrss / 1024
+
+
+def _sets(agents: int, per_agent: int, classes: int, data: str = "digits") -> list[str]:
+    values = {"data.name": f'"{data}"', "data.classes": str(list(range(classes))), "network.agents": agents,
+              "data.samples_per_agent": per_agent, "model.width": 1024, "train.rounds": 100}
+    return sum((["--set", f"{key}={value}"] for key, value in values.items()), [])
+
+
+def cli_scaling(quick: bool) -> dict:
+    """predict and simulate (and predict-local) as whole CLI runs, float32, width 1024, 100 rounds, DGD on a
+    cycle: time and peak RSS against samples per agent, classes and agents, with fitted growth exponents."""
+    axes = {"samples": [(8, n, 10) for n in ((40, 160) if quick else (40, 80, 160))],
+            "classes": [(8, 80, c) for c in ((2, 10) if quick else (2, 5, 10))],
+            "agents": [(N, 80, 10) for N in ((4, 16) if quick else (4, 8, 16))]}
+    rows, work = [], Path(tempfile.mkdtemp(prefix="bench-predictor-"))
+    for axis, cases in axes.items():
+        for agents, per_agent, classes in cases:
+            row = {"axis": axis, "agents": agents, "samples_per_agent": per_agent, "classes": classes}
+            for command in ("predict", "simulate"):
+                row[f"{command}_s"], row[f"{command}_MB"] = run_cli(
+                    [command, *_sets(agents, per_agent, classes), "--quiet", "--out", str(work / f"{command}.json")])
+            row["ratio"] = row["simulate_s"] / row["predict_s"]
+            rows.append(row)
+    local = []
+    for n in ((250, 1000) if quick else (250, 500, 1000)):
+        from agent.loopback import loopback_addresses, write_node_files
+        from agent.spec import load_spec
+        spec = load_spec(None, [a for a in _sets(8, n, 10, "synthetic") if a != "--set"])
+        nodes = write_node_files(Swarm.from_spec(spec), work / f"nodes{n}", loopback_addresses(8))
+        seconds, mb = run_cli(["predict-local", str(nodes[0]), "--out", str(work / "local.json")])
+        local.append({"samples": n, "classes": 10, "agents": 8, "predict_local_s": seconds, "predict_local_MB": mb})
+    size = {"samples": "samples_per_agent", "classes": "classes", "agents": "agents"}
+    exponents = {f"{axis}:{cmd}": _slope([r[size[axis]] for r in rows if r["axis"] == axis],
+                                         [r[f"{cmd}_s"] for r in rows if r["axis"] == axis])
+                 for axis in axes for cmd in ("predict", "simulate")}
+    exponents["samples:predict-local"] = _slope([r["samples"] for r in local], [r["predict_local_s"] for r in local])
+    return {"rows": rows, "local": local, "exponents": exponents}
+
+
+def _slope(x: list[float], y: list[float]) -> float:
+    """Least-squares slope of log y against log x."""
+    lx, ly = [math.log(v) for v in x], [math.log(v) for v in y]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+
+
 def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     """Rows as a fixed-width table; columns are (header, key, format spec)."""
     widths = [max(len(h), 9) for h, _, _ in columns]
@@ -113,7 +175,7 @@ TIMES = [("predict s", "predict_s", ".4f"), ("kernel s", "kernel_s", ".4f"), ("r
 
 
 def run(quick: bool = False, out: str | None = None) -> dict:
-    """Print both tables; return (and with ``out`` write) the numbers."""
+    """Print the tables; return (and with ``out`` write) the numbers."""
     ratio = ratio_case(quick) + ratio_case(quick, threads=1)
     print("forecast vs training, same spec (times: best of repeats)")
     print(table(ratio, [("threads", "blas_threads", ""), ("simulate", "simulate_dtype", ""),
@@ -122,7 +184,16 @@ def run(quick: bool = False, out: str | None = None) -> dict:
     print("\nscaling (synthetic data, width 1024, exponential graph, DGD, 100 rounds, float64, 1 BLAS thread)")
     print(table(scale, [("N", "agents", "d"), ("n/agent", "samples_per_agent", "d"), ("Mk", "Mk", "d"),
                         ("K MB", "kernel_MB", ".1f")] + TIMES))
-    result = {"ratio": ratio, "scaling": scale}
+    cli = cli_scaling(quick)
+    print("\nwhole CLI runs (float32, width 1024, cycle, DGD, 100 rounds; digits; predict-local: synthetic)")
+    print(table(cli["rows"], [("axis", "axis", ""), ("N", "agents", "d"), ("n/agent", "samples_per_agent", "d"),
+                              ("classes", "classes", "d"), ("predict s", "predict_s", ".2f"),
+                              ("predict MB", "predict_MB", ".0f"), ("simulate s", "simulate_s", ".2f"),
+                              ("simulate MB", "simulate_MB", ".0f"), ("ratio", "ratio", ".1f")]))
+    print(table(cli["local"], [("n", "samples", "d"), ("classes", "classes", "d"), ("N", "agents", "d"),
+                               ("local s", "predict_local_s", ".2f"), ("local MB", "predict_local_MB", ".0f")]))
+    print("growth exponents (time ~ size^e): " + ", ".join(f"{k} {v:.2f}" for k, v in cli["exponents"].items()))
+    result = {"ratio": ratio, "scaling": scale, "cli": cli}
     if out:
         write_json(out, result)
         print(f"wrote {out}")
