@@ -9,6 +9,7 @@ together. The final parameters are always kept, beside the results (``params_pat
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from agent.node import NodeConfig, link_security, local_data
 from agent.report import Report
 from agent.rounds import RoundTimes, run_rounds
 from agent.spec import Spec, spec_hash, spec_key_hashes
-from coordinator_free.common.errors import Diverged, Terminated, UserError
+from coordinator_free.common.errors import Diverged, Terminated, UserError, signals_deferred
 from coordinator_free.common.files import check_writable, read_npz, write_json, write_npz
 from coordinator_free.gossip import BoardTransport, transports
 from coordinator_free.topology import build_graph, mixing_row
@@ -204,6 +205,7 @@ def _train(node: NodeConfig, learner: LocalLearner, theta0: np.ndarray, cfg: Mod
         log.warning("node %d: insecure = true: plain TCP, so messages are neither encrypted nor authenticated; "
                     "anyone who can reach %s can feed this agent", node.id, node.bind)
     t_start = time.perf_counter()
+    tail = contextlib.ExitStack()
     # copy_sends=False: the rules never write into a sent array (they return new ones), so zero-copy is safe
     with RoundLog(node.log) as roundlog, transports()[node.transport](
             node.id, node.bind, peers, model_hash=cfg.hash(), spec_hash=spec_hash(spec), algorithm=alg.name,
@@ -228,6 +230,8 @@ def _train(node: NodeConfig, learner: LocalLearner, theta0: np.ndarray, cfg: Mod
             run_rounds(alg, theta0, learner.grad, float(train.lr), train.rounds, gossip, row, recorder, start, state)
         except (Diverged, KeyboardInterrupt, Terminated) as err:  # say so, keep what is good, then re-raise
             stopped = err
+        # from here on a signal waits until the BYE, the checkpoint and the results are out
+        tail.enter_context(signals_deferred())
         transport.bye()
         results = {"kind": "agent", "id": node.id, **recorder.history,
                    "bytes_sent": transport.bytes_sent, "bytes_received": transport.bytes_received,
@@ -251,6 +255,7 @@ def _train(node: NodeConfig, learner: LocalLearner, theta0: np.ndarray, cfg: Mod
         written.append(results["params"])
     write_json(node.out, results)
     report.summary(results, written)
+    tail.close()  # a signal that came while writing takes effect now
     if stopped is not None:
         raise stopped
     return results

@@ -21,6 +21,8 @@ TARGETS = {
     "kernels": "benchmarks.bench_kernels:cli",
     "faults": "benchmarks.bench_faults:cli",
     "rehearsal": "benchmarks.bench_rehearsal:cli",
+    "agreement": "benchmarks.bench_agreement:cli",
+    "catapult": "benchmarks.bench_catapult:cli",
 }
 PROG = "p2pntk bench"
 

@@ -45,9 +45,9 @@ def _start_loopback(tmp_path, rounds: int, deadline: float = 1.0):
     return proc, work
 
 
-def _signal_agent_under_loopback(tmp_path, q: int, sig: int):
-    """A 40-round loopback swarm whose agent q gets ``sig`` at round 10; (launcher, its stderr, workdir)."""
-    proc, work = _start_loopback(tmp_path, rounds=40)
+def _signal_agent_under_loopback(tmp_path, q: int, sig: int, rounds: int = 40):
+    """A loopback swarm whose agent q gets ``sig`` at round 10; (launcher, its stderr, workdir)."""
+    proc, work = _start_loopback(tmp_path, rounds=rounds)
     try:
         _wait_for_lines(work / f"agent{q}.jsonl", 10)
         [pid] = _pids(f"-m agent {work}/node{q}.toml")
@@ -72,7 +72,7 @@ def test_kill_9_of_one_agent_keeps_the_swarm_going_and_marks_it(tmp_path):
 
 
 def test_sigterm_to_an_agent_says_bye_checkpoints_and_writes_results(tmp_path):
-    proc, err, work = _signal_agent_under_loopback(tmp_path, 1, signal.SIGTERM)
+    proc, err, work = _signal_agent_under_loopback(tmp_path, 1, signal.SIGTERM, rounds=400)  # stopped mid-run
     assert proc.returncode == SwarmIncomplete.exit_status and f"exit status {EXIT_TERMINATED}" in err
     own = json.loads((work / "agent1.json").read_text())
     assert own["stopped"]["reason"] == "terminated" and own["stopped"]["last_round"] >= 10
@@ -206,3 +206,17 @@ def test_bad_node_paths_and_ports_are_refused_before_any_socket(tmp_path, key, v
     proc = subprocess.run([sys.executable, "-m", "agent", str(node)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and culprit in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1
+
+
+def test_a_signal_during_the_final_writes_waits_until_they_are_done(tmp_path):
+    """An agent's BYE, checkpoint and results are written whole even if SIGTERM comes while it writes them
+    (it once lost its results when a SIGTERM landed just after its last round); the signal then counts."""
+    from coordinator_free.common.errors import Terminated, signals_deferred
+    from coordinator_free.common.files import write_json
+    with pytest.raises(Terminated):
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            write_json(tmp_path / "results.json", {"rounds": 40})
+    assert json.loads((tmp_path / "results.json").read_text()) == {"rounds": 40}
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))

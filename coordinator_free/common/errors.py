@@ -79,3 +79,23 @@ def sigterm_unwinds():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Within this block SIGTERM and SIGINT wait, so that what the block writes (an agent's last checkpoint
+    and results) is written whole; a signal that came takes effect when the block ends (Terminated or
+    KeyboardInterrupt, as it would have)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: came.append(signum))
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if came:
+        raise KeyboardInterrupt if came[0] == signal.SIGINT else Terminated(f"terminated by signal {came[0]}")
