@@ -152,7 +152,7 @@ class ExactOperator:
     """
 
     def __init__(self, kp: KernelProblem) -> None:
-        self.data, self.kp, self.width, self.rows = kp, kp, kp.Mk, kp.agent_rows()[0].shape[1]
+        self.data, self.kp, self.width, self.columns = kp, kp, kp.Mk, 1  # rows are vec outputs
 
     def apply(self, C: np.ndarray) -> np.ndarray:
         """S_q^T K c_q for every agent: C (N, M k) -> (N, m), zero on padding."""
