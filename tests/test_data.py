@@ -64,3 +64,11 @@ def test_npz_source_and_errors(tmp_path):
         make_problem(_data(name=f'"{f}"', classes="[0,5]"), 2)
     with pytest.raises(UserError, match="samples_per_agent"):
         make_problem(_data(samples_per_agent=500), 6)
+
+
+def test_digits_read_from_the_shipped_file_equal_scikit_learns_loader():
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    from agent.data import load_digits_arrays
+    X, y = load_digits_arrays()
+    bunch = sklearn_datasets.load_digits()
+    assert np.array_equal(X, bunch.data / 16.0) and np.array_equal(y, bunch.target)
