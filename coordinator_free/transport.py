@@ -282,7 +282,9 @@ class Transport:
                          sender, self.peers[sender], self._peer_round.get(sender, 0), self._round)
         # the link to a restarted peer may still be reconnecting: wait for it a little (a rare event)
         self._push[sender].poll(int(125 * self.deadline), zmq.POLLOUT)
-        self._say_hello(sender, reply=True)
+        # ask for an answer: it carries the peer's current round, which a HELLO that sat in a queue through
+        # a partition does not (it would hold us waiting for a round the peer has long left behind)
+        self._say_hello(sender, reply=False)
         for r in sorted(self._sent):  # the last two rounds: it may be one behind the round we are in
             self._owed.setdefault(sender, []).append(self._sent[r])
         self._pay_owed()
@@ -344,13 +346,13 @@ class Transport:
                          "come back", self.node_id, self._names(sorted(self.suspected)), round, self.isolation_wait)
         t0 = time.monotonic()
         end, next_probe = t0 + self.isolation_wait, t0
-        while not self.live and (now := time.monotonic()) < end:
+        while self.suspected == set(self.peers) and (now := time.monotonic()) < end:
             if now >= next_probe:
                 self._probe()
                 next_probe = now + self.deadline
             self._pump(min(next_probe, end) - now)
         self.wait_seconds += time.monotonic() - t0
-        if not self.live:
+        if self.suspected == set(self.peers):
             self.log.warning("node %d: no neighbour came back in %g s: going on alone", self.node_id,
                              self.isolation_wait)
 
@@ -385,11 +387,11 @@ class Transport:
         if len(arrays) != self.arrays or any(a.dtype != self.dtype or a.shape != self.shape for a in arrays):
             raise ValueError(f"exchange got {[(a.dtype.name, list(a.shape)) for a in arrays]}, transport carries "
                              f"{self.arrays} x {self.dtype} {list(self.shape)}")
-        start = time.monotonic()
         sent0, recv0, drops0 = self.bytes_sent, self.bytes_received, sum(self.drop_counts.values())
         self._round = round
-        if not self.live and self.suspected:
+        if self.peers and self.suspected == set(self.peers):  # cut off from every neighbour (none has finished)
             self._wait_for_company(round)
+        start = time.monotonic()  # the round's deadline counts from here, not from before a cut-off wait
         for old in [r for r in self._pending if r < round]:
             del self._pending[old]
         trackers = None
@@ -617,14 +619,13 @@ class Transport:
             if s not in self.departed:
                 self.departed.add(s)
                 self.log.info("node %d: peer %d said BYE", self.node_id, s)
-        elif s in self.suspected or s in self.departed:
-            self._drop("not-live", f"round {msg.round} from peer {s}, no longer live", logging.DEBUG)
         elif msg.round < self._round:
             self._drop("stale", f"round {msg.round} from peer {s}, now at {self._round}",
                        logging.DEBUG)
         elif s in self._pending[msg.round]:
             self._drop("duplicate", f"second round-{msg.round} message from peer {s}",
                        logging.WARNING)
-        else:
+        else:  # kept even from a suspected peer: after a partition its resent params may overtake its HELLO,
+            # and they are what we adopt once it is re-admitted (exchange and listen take live peers' only)
             self._pending[msg.round][s] = msg.arrays
             self._peer_round[s] = max(self._peer_round.get(s, 0), msg.round)
