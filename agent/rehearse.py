@@ -87,8 +87,7 @@ def rehearse(root: str | Path, *, link_mbit: float | None = None, faults: tuple[
         raise UserError(f"{root}: bundle ids {[n.id for n in nodes]} must be 0..{len(nodes) - 1}")
     address = {pid: addr for n in nodes for pid, addr in n.peers.items()}
     ips = [urlparse(address[n.id]).hostname for n in nodes]
-    why = None if use_netns else "--no-netns"
-    why = why or netns.unavailable()
+    why = netns.unavailable() if use_netns else "--no-netns"
     if why is None:
         mbit = [link_mbit or (load_profile(n.profile).bandwidth_mbit if n.profile else None) for n in nodes]
         hosts: netns.Hosts | None = netns.Hosts(ips, mbit)
@@ -105,11 +104,10 @@ def rehearse(root: str | Path, *, link_mbit: float | None = None, faults: tuple[
     try:
         jobs = []
         for i, folder in enumerate(folders):
-            argv = []
-            for cmd in start_commands(folder):
-                if cmd[0] != "p2pntk":
-                    raise UserError(f"{folder}/README.md: start command {' '.join(cmd)!r} is not a p2pntk command")
-                argv = [sys.executable, "-m", "predictor", *[node_file if w == "node.toml" else w for w in cmd[1:]]]
+            commands = start_commands(folder)
+            if len(commands) != 1 or commands[0][0] != "p2pntk":
+                raise UserError(f"{folder}/README.md: expected one p2pntk start command, found {commands}")
+            argv = [sys.executable, "-m", "predictor", *[node_file if w == "node.toml" else w for w in commands[0][1:]]]
             jobs.append(Job(f"board-{i}", (hosts.prefix(i) if hosts else []) + argv, folder / nodes[i].log.name,
                             folder / "agent.stderr", cwd=folder))
         stop = threading.Event()
