@@ -12,12 +12,18 @@ from agent.spec import Spec, load_spec
 from coordinator_free.common.files import check_writable
 
 
+def add_spec_source(parser: argparse.ArgumentParser, *, metavar: str = "SPEC", more: str = "",
+                    example: str = "train.lr=0.1") -> None:
+    """SPEC (optional: the built-in default; ``more`` adds to its help) and --set KEY=VALUE (repeatable)."""
+    parser.add_argument("spec", nargs="?", default=None, metavar=metavar,
+                        help="experiment spec TOML (default: the built-in demo spec)" + more)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a spec key, e.g. --set {example} (value read as TOML; repeatable)")
+
+
 def add_spec_args(parser: argparse.ArgumentParser, out_default: str) -> None:
     """SPEC (optional: the built-in default), --set KEY=VALUE (repeatable), --out, --save-problem."""
-    parser.add_argument("spec", nargs="?", default=None, metavar="SPEC",
-                        help="experiment spec TOML (default: the built-in demo spec)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a spec key, e.g. --set train.lr=0.1 (value read as TOML; repeatable)")
+    add_spec_source(parser)
     parser.add_argument("--out", default=out_default, help=f"results JSON (default: {out_default})")
     parser.add_argument("--save-problem", default=None, metavar="PROB.npz",
                         help="also write the exact problem trained on (docs/design.md, section 6)")

@@ -14,6 +14,7 @@ from agent.spec import load_spec
 from coordinator_free.common.errors import SwarmIncomplete, UserError
 from coordinator_free.common.files import write_json
 from coordinator_free.progress import ProgressBar
+from predictor.commands import add_spec_source
 
 
 def register(sub) -> None:
@@ -26,11 +27,7 @@ def register(sub) -> None:
                                        "systemd unit and a README saying how to copy and start it.")
     init.add_argument("inventory", metavar="INVENTORY", help="boards: a text file of [ID] ADDRESS [PROFILE] "
                                                              "lines, or a TOML file of [[board]] tables")
-    init.add_argument("spec", nargs="?", default=None, metavar="SPEC",
-                      help="experiment spec TOML (default: the built-in demo spec); network.agents is set to "
-                           "the number of boards")
-    init.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a spec key, e.g. --set train.rounds=200 (repeatable)")
+    add_spec_source(init, more="; network.agents is set to the number of boards", example="train.rounds=200")
     init.add_argument("--out", default="bundles", metavar="DIR", help="where the bundles go (default: bundles)")
     init.add_argument("--rehearsal-data", action="store_true",
                       help="fill each board's data slot with its slice of the spec's data set (for a rehearsal; "

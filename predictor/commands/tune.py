@@ -11,6 +11,7 @@ from agent.spec import load_spec, parse_override, spec_table
 from coordinator_free.common.errors import UserError
 from coordinator_free.common.files import read_toml, write_json, write_toml
 from coordinator_free.progress import ProgressBar
+from predictor.commands import add_spec_source
 from predictor.tune import parse_grid, tune, tune_table
 
 
@@ -29,11 +30,9 @@ def register(sub) -> None:
     p = sub.add_parser("tune", help="pick lr (and width, rounds) by forecasting, never above lr_max",
                        description="Forecast every candidate with the NTK dynamics and pick the one with the lowest "
                                    "forecast loss at the budget. With a node file, the board tunes on its own data.")
-    p.add_argument("spec", nargs="?", default=None, metavar="SPEC_OR_NODE",
-                   help="experiment spec TOML (default: the built-in demo spec), or a board's node file: it then "
-                        "tunes on its own data and also writes a ready node file (OUT with .node.toml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a spec key, e.g. --set network.agents=8 (value read as TOML; repeatable)")
+    add_spec_source(p, metavar="SPEC_OR_NODE", example="network.agents=8",
+                    more=", or a board's node file: it then tunes on its own data and also writes a ready node "
+                         "file (OUT with .node.toml)")
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--budget-rounds", type=int, metavar="R", help="the number of rounds to forecast at")
     budget.add_argument("--budget-seconds", type=float, metavar="S",
