@@ -21,9 +21,11 @@ import numpy as np
 from scipy import sparse
 
 from agent.model import ModelConfig
+from agent.summaries import Summary, jacobian
 from predictor.dynamics import KernelProblem, SwarmData, operator_rounds, discrete_rounds
 from predictor.forecast import EXACT_MAX_OUTPUTS, loss_curves
 from predictor.ntk import train_test_ntk
+from predictor.summary_swarm import summary_problem
 
 ASSUMPTION = ("replica swarm: every other agent's data is statistically like this agent's own, with balanced "
               "classes; kernel components below delta are specific to each agent")
@@ -42,20 +44,23 @@ class LocalForecaster:
 
     def __init__(self, cfg: ModelConfig, theta0: np.ndarray, X: np.ndarray, Y: np.ndarray, W: np.ndarray, q: int,
                  X_test: np.ndarray | None = None, Y_test: np.ndarray | None = None, seed: int = 0,
-                 balance: bool = True) -> None:
+                 balance: bool = True, summaries: dict[int, Summary] | None = None) -> None:
         self.q, self.W, self.k = q, np.asarray(W, np.float64), Y.shape[1]
+        self.summaries = {r: s for r, s in (summaries or {}).items() if r != q}
         self.Y = np.asarray(Y, np.float64)
         Xt = X[:1] if X_test is None else X_test
         self.Y_test = self.Y[:1] if Y_test is None else np.asarray(Y_test, np.float64)
         self.has_test = X_test is not None
         # the dense replica kernel has (N n k)^2 entries: above EXACT_MAX_OUTPUTS outputs, the traced operator
-        self.traced = self.W.shape[0] * len(X) * self.k > EXACT_MAX_OUTPUTS
+        self.traced = self.W.shape[0] * len(X) * self.k > EXACT_MAX_OUTPUTS and not self.summaries
         K, Kt, self.f0, self.f0_test = train_test_ntk(cfg, np.asarray(theta0, np.float64), X, Xt, traced=self.traced)
         self.K, self.K_test = K, Kt
         lam, self.U = np.linalg.eigh(K)
         self.lam = np.maximum(lam, 0.0)
         self.diag_mean = float(np.mean(np.diag(K)))
         self.samples = self._replica_samples(seed, balance)
+        if self.summaries:  # q's Jacobians, for the kernel against the received rows
+            self.J, self.J_test = jacobian(cfg, theta0, X)[0], jacobian(cfg, theta0, Xt)[0]
 
     def _replica_samples(self, seed: int, balance: bool) -> list[np.ndarray]:
         """Sample indices (into q's own data) that each agent of the replica swarm holds.
@@ -83,6 +88,8 @@ class LocalForecaster:
         """The replica swarm (M = N n samples, built from q's kernel alone): a dense ``KernelProblem`` while
         it is small, a ``ReplicaOperator`` (output-traced) above EXACT_MAX_OUTPUTS outputs."""
         k = self.k
+        if self.summaries:
+            return self._summary_problem(delta_scale, rho)
         idx = np.concatenate(self.samples)
         owner = np.repeat(np.arange(len(self.samples)), [len(s) for s in self.samples])
         Y = self.Y[idx].copy()
@@ -100,6 +107,17 @@ class LocalForecaster:
         K = np.where(same, self.K[np.ix_(vec, vec)], C[np.ix_(vec, vec)])
         return KernelProblem(K=K, K_test=self.K_test[:, vec], f0=self.f0[idx], f0_test=self.f0_test,
                              Y=Y, Y_test=self.Y_test, agent_of_sample=owner, W=self.W)
+
+    def _summary_problem(self, delta_scale: float, rho: float) -> KernelProblem:
+        """The swarm with the received summaries (``predictor.summary_swarm``); boards without one are replicas."""
+        shared = np.maximum(self.lam - delta_scale * self.diag_mean, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            root = np.where(self.lam > 0, np.sqrt(shared / self.lam), 0.0)
+        Y = (1 - rho) * self.Y + rho * (0.0 if self.k == 1 else 1.0 / self.k)
+        replicas = {r: s for r, s in enumerate(self.samples) if r != self.q and r not in self.summaries}
+        return summary_problem(self.q, self.W, self.J, self.J_test, self.K, self.K_test, self.f0, self.f0_test,
+                               self.Y, self.Y_test, self.summaries, replicas, Y, (self.U * root) @ self.U.T,
+                               (self.U * shared) @ self.U.T)
 
     def forecast(self, algorithm: str, alpha: float, rounds: int, delta_scale: float = DEFAULT_DELTA_SCALE,
                  rho: float = 0.0, batch: int | str = "full", seed: int = 0) -> dict:
