@@ -17,11 +17,14 @@ as in a by-label split).
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from scipy import sparse
 
 from agent.model import ModelConfig
 from agent.summaries import Summary, jacobian
+from predictor.bands import band as train_band, linearisation_gap
 from predictor.dynamics import KernelProblem, SwarmData, operator_rounds, discrete_rounds
 from predictor.forecast import EXACT_MAX_OUTPUTS, loss_curves
 from predictor.ntk import train_test_ntk
@@ -29,6 +32,8 @@ from predictor.summary_swarm import summary_problem
 
 ASSUMPTION = ("replica swarm: every other agent's data is statistically like this agent's own, with balanced "
               "classes; kernel components below delta are specific to each agent")
+SUMMARY_ASSUMPTION = ("summary swarm: boards that sent a summary hold their class-mean and eigen rows; their "
+                      "unshared directions are left out; boards without one are replicas of this board's data")
 DELTA_SCALES = (0.0, 0.1, 0.25, 0.5, 1.0)
 RHOS = (0.0, 0.25, 0.5, 0.75, 1.0)
 DEFAULT_DELTA_SCALE = 0.25
@@ -46,6 +51,7 @@ class LocalForecaster:
                  X_test: np.ndarray | None = None, Y_test: np.ndarray | None = None, seed: int = 0,
                  balance: bool = True, summaries: dict[int, Summary] | None = None) -> None:
         self.q, self.W, self.k = q, np.asarray(W, np.float64), Y.shape[1]
+        self.cfg, self.theta0, self.X = cfg, np.asarray(theta0, np.float64), np.asarray(X, np.float64)
         self.summaries = {r: s for r, s in (summaries or {}).items() if r != q}
         self.Y = np.asarray(Y, np.float64)
         Xt = X[:1] if X_test is None else X_test
@@ -108,7 +114,8 @@ class LocalForecaster:
         return KernelProblem(K=K, K_test=self.K_test[:, vec], f0=self.f0[idx], f0_test=self.f0_test,
                              Y=Y, Y_test=self.Y_test, agent_of_sample=owner, W=self.W)
 
-    def _summary_problem(self, delta_scale: float, rho: float) -> KernelProblem:
+    def _summary_problem(self, delta_scale: float, rho: float, summaries: dict[int, Summary] | None = None
+                         ) -> KernelProblem:
         """The swarm with the received summaries (``predictor.summary_swarm``); boards without one are replicas."""
         shared = np.maximum(self.lam - delta_scale * self.diag_mean, 0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -116,25 +123,49 @@ class LocalForecaster:
         Y = (1 - rho) * self.Y + rho * (0.0 if self.k == 1 else 1.0 / self.k)
         replicas = {r: s for r, s in enumerate(self.samples) if r != self.q and r not in self.summaries}
         return summary_problem(self.q, self.W, self.J, self.J_test, self.K, self.K_test, self.f0, self.f0_test,
-                               self.Y, self.Y_test, self.summaries, replicas, Y, (self.U * root) @ self.U.T,
+                               self.Y, self.Y_test, self.summaries if summaries is None else summaries, replicas, Y,
+                               (self.U * root) @ self.U.T,
                                (self.U * shared) @ self.U.T)
 
-    def forecast(self, algorithm: str, alpha: float, rounds: int, delta_scale: float = DEFAULT_DELTA_SCALE,
-                 rho: float = 0.0, batch: int | str = "full", seed: int = 0) -> dict:
-        """This agent's forecast: {"train_loss": [...], "test_loss": [...] (if a test set), ...}."""
-        kp = self.kernel_problem(delta_scale, rho)
+    def _curves(self, kp, algorithm: str, alpha: float, rounds: int, batch: int | str, seed: int) -> dict:
         if isinstance(kp, KernelProblem):
             own, test, _ = discrete_rounds(kp, algorithm, alpha, rounds, batch=batch, seed=seed)
         else:
             own, test, _ = operator_rounds(kp, algorithm, alpha, rounds, batch=batch, seed=seed)
             kp = kp.data
-        curves = loss_curves(kp, own, test)
+        return loss_curves(kp, own, test)
+
+    def forecast(self, algorithm: str, alpha: float, rounds: int, delta_scale: float = DEFAULT_DELTA_SCALE,
+                 rho: float = 0.0, batch: int | str = "full", seed: int = 0, band: bool = False,
+                 observed: list[float] | None = None) -> dict:
+        """This agent's forecast: {"train_loss": [...], "test_loss": [...] (if a test set), ...}.
+
+        ``band``: also "train_loss_band" {"lower", "upper"}, the 90% band of ``predictor.bands``, narrowed by
+        the ``observed`` train losses of rounds 0..R if given.
+        """
+        curves = self._curves(self.kernel_problem(delta_scale, rho), algorithm, alpha, rounds, batch, seed)
         out = {"agent": self.q, "train_loss": curves["train_loss"][self.q], "delta_scale": delta_scale,
-               "rho": rho, "assumption": ASSUMPTION}
+               "rho": rho, "assumption": SUMMARY_ASSUMPTION if self.summaries else ASSUMPTION,
+               "summaries_from": sorted(self.summaries)}
         if self.has_test:
             out["test_loss"] = curves["test_loss"][self.q]
             out["test_accuracy"] = curves["test_accuracy"][self.q]
+        if band:
+            less = self._less_known(delta_scale)
+            F_less = self._curves(less, algorithm, alpha, rounds, batch, seed)["train_loss"][self.q]
+            gap = linearisation_gap(self.cfg, self.theta0, self.X, self.Y, self.K, alpha, rounds)
+            lower, upper = train_band(out["train_loss"], F_less, gap, observed)
+            out["train_loss_band"] = {"level": 0.9, "lower": lower.tolist(), "upper": upper.tolist()}
         return out
+
+    def _less_known(self, delta_scale: float):
+        """The forecast's swarm with less knowledge (the band's spread): summaries without their eigen rows,
+        replicas at rho = 1 (the others' labels carry no information about this board's)."""
+        if not self.summaries:
+            return self.kernel_problem(delta_scale, 1.0)
+        keep = {r: replace(s, rows=s.rows[s.row_label >= 0], targets=s.targets[s.row_label >= 0],
+                           row_label=s.row_label[s.row_label >= 0]) for r, s in self.summaries.items()}
+        return self._summary_problem(delta_scale, 1.0, keep)
 
     def recalibrate(self, observed_train_loss: list[float], algorithm: str, alpha: float,
                     batch: int | str = "full", seed: int = 0, gain: float = 4.0) -> tuple[float, float]:

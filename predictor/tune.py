@@ -15,12 +15,13 @@ import numpy as np
 
 from agent.device import device_profile, workload
 from agent.spec import Spec
+from agent.summaries import load_summaries
 from agent.swarm import Swarm
 from firmware_profiles.apply import estimate_round_time
 from coordinator_free.common.errors import UserError
 from predictor.dynamics import discrete_rounds
 from predictor.forecast import kernel_problem, loss_curves
-from predictor.local_forecast import LocalForecaster
+from predictor.local_forecast import ASSUMPTION, SUMMARY_ASSUMPTION, LocalForecaster
 from predictor.stability import lr_max_all
 
 GRID_POINTS = 12
@@ -73,12 +74,15 @@ def _objective(curves: dict, objective: str, q: int | None) -> np.ndarray:
 
 def tune(spec: Spec, *, budget_rounds: int | None = None, budget_seconds: float | None = None,
          grid: dict | None = None, objective: str = "train", profile: str | None = None,
-         pick_rounds: bool = False, node=None, progress: Callable[[int, int], None] | None = None) -> dict:
+         pick_rounds: bool = False, node=None, progress: Callable[[int, int], None] | None = None,
+         summaries: list[str] | None = None) -> dict:
     """Forecast every candidate; return the choice and the whole table.
 
     ``grid``: {"lr": [...], "width": [...], "rounds": [...]} (each optional; lr defaults to a 12-point log
-    grid below lr_max). ``node``: a NodeConfig; the board then forecasts from its own data only.
-    Returns {"lr", "width", "rounds", "objective", "predicted_loss", "lr_max", "table", "spec", "timings"}.
+    grid below lr_max). ``node``: a NodeConfig; the board then forecasts from its own data only, plus the
+    ``summaries`` (files or directories, ``agent.summaries``) that it received from other boards.
+    Returns {"lr", "width", "rounds", "objective", "predicted_loss", "lr_max", "table", "spec", "timings"} and,
+    on a node, "band": the chosen forecast's 90% band.
     """
     if objective not in ("train", "test"):
         raise UserError(f"--objective {objective!r}: expected train or test")
@@ -93,7 +97,7 @@ def tune(spec: Spec, *, budget_rounds: int | None = None, budget_seconds: float 
     total = len(widths) * max(len(grid.get("lr") or [None] * GRID_POINTS), 1)
     for width in widths:
         s = spec.updated({"model.width": int(width)})
-        run = LocalRunner(s, node) if node is not None else SwarmRunner(Swarm.from_spec(s))
+        run = LocalRunner(s, node, summaries) if node is not None else SwarmRunner(Swarm.from_spec(s))
         per_round = None
         if budget_seconds is not None:
             R, per_round = rounds_for_budget(s, run.cfg, run.n_local, run.degree, budget_seconds, profile)
@@ -125,12 +129,20 @@ def tune(spec: Spec, *, budget_rounds: int | None = None, budget_seconds: float 
     if not stable:
         raise UserError("no stable candidate: every lr in the grid is at or above lr_max; lower the grid's lr values")
     best = min(stable, key=lambda r: (r["loss"], r["rounds"]))
+    band = None
+    if node is not None:  # the chosen lr's forecast with its 90% band (the width's runner is rebuilt if needed)
+        chosen = run if best["width"] == widths[-1] else LocalRunner(spec.updated({"model.width": best["width"]}),
+                                                                     node, summaries)
+        f = chosen.lf.forecast(spec.train.algorithm, best["lr"], best["rounds"], batch=chosen.batch,
+                               seed=chosen.seed, band=True)
+        band = {**f["train_loss_band"], "train_loss": f["train_loss"]}
     tuned = spec.updated({"model.width": best["width"], "train.lr": best["lr"], "train.rounds": best["rounds"]})
     return {"kind": "tune", "lr": best["lr"], "width": best["width"], "rounds": best["rounds"],
             "objective": f"{'agent ' + str(node.id) if node is not None else 'mean over agents'} final "
                          f"{objective} loss", "predicted_loss": best["loss"], "lr_max": best["lr_max"],
             "seconds_per_round": best["seconds_per_round"], "table": table, "spec": tuned,
-            "assumption": None if node is None else "on-device replica swarm (predictor.local_forecast)",
+            "assumption": None if node is None else (SUMMARY_ASSUMPTION if run.lf.summaries else ASSUMPTION),
+            "summaries_from": None if node is None else sorted(run.lf.summaries), "band": band,
             "timings": {"total_s": time.perf_counter() - t0}}
 
 
@@ -154,7 +166,7 @@ class LocalRunner:
     """On-device forecasts for node q from its own files only: its replica swarm's kernel is computed once.
     The spec's minibatch size and data seed (which draws the batches, as the real learner does) apply."""
 
-    def __init__(self, spec: Spec, node) -> None:
+    def __init__(self, spec: Spec, node, summaries: list[str] | None = None) -> None:
         from agent.local import model_config
         from agent.model import init_params
         from agent.node import local_data
@@ -163,7 +175,9 @@ class LocalRunner:
         self.cfg = model_config(spec.model, X.shape[1], Y.shape[1])
         W = swarm_mixing(spec.network)[1]
         self.n_local, self.degree = len(X), len(node.peers)
-        self.lf = LocalForecaster(self.cfg, init_params(self.cfg, np.float64), X, Y, W, node.id, X_test, Y_test)
+        received = load_summaries(summaries, self.cfg.num_params, self.cfg.hash()) if summaries else {}
+        self.lf = LocalForecaster(self.cfg, init_params(self.cfg, np.float64), X, Y, W, node.id, X_test, Y_test,
+                                  summaries=received)
         self.lr_max = lr_max_all(self.lf.kernel_problem(), include=(spec.train.algorithm,))
         self.batch, self.seed = spec.train.batch, spec.data.seed
 

@@ -128,3 +128,46 @@ def test_summary_files_round_trip_and_malformed_files_give_one_line_errors(tmp_p
     save_summary(tmp_path / "dup" / "b.npz", s)
     with pytest.raises(UserError, match="board 1 already has a summary"):
         load_summaries([tmp_path / "dup"])
+
+
+def test_summarise_then_predict_local_and_tune_with_summaries_and_band(tmp_path):
+    """Boards write summaries; board 0 forecasts with them (the band is in the JSON, the plot is drawn) and
+    tunes with them; a malformed summary is one line with exit status 2."""
+    import json
+    from agent.loopback import loopback_addresses, write_node_files
+    from predictor.cli import main
+    sw = _swarm("data.samples_per_agent=30", "data.split=by-label", "train.lr=0.5", "train.rounds=30")
+    nodes = write_node_files(sw, tmp_path / "nodes", loopback_addresses(4))
+    for r in (1, 2, 3):
+        assert main(["summarise", str(nodes[r]), "--out", str(tmp_path / "sums" / f"s{r}.npz")]) == 0
+    out = tmp_path / "local.json"
+    assert main(["predict-local", str(nodes[0]), "--summaries", str(tmp_path / "sums"), "--out", str(out),
+                 "--plot", str(tmp_path / "band.png")]) == 0
+    f = json.loads(out.read_text())
+    b = f["train_loss_band"]
+    assert f["summaries_from"] == [1, 2, 3] and len(b["lower"]) == 31 and (tmp_path / "band.png").exists()
+    assert all(lo <= x <= hi for lo, x, hi in zip(b["lower"], f["train_loss"], b["upper"]))
+    assert main(["tune", str(nodes[0]), "--quiet", "--budget-rounds", "20", "--grid", "lr=0.2,0.4",
+                 "--summaries", str(tmp_path / "sums"), "--out", str(tmp_path / "t.json")]) == 0
+    t = json.loads((tmp_path / "t.json").read_text())
+    assert t["summaries_from"] == [1, 2, 3] and len(t["band"]["upper"]) == 21
+    (tmp_path / "bad.npz").write_bytes(b"junk")
+    assert main(["predict-local", str(nodes[0]), "--summaries", str(tmp_path / "bad.npz")]) == 2
+
+
+def test_band_covers_training_and_observed_rounds_narrow_it():
+    from agent.simulator import simulate
+    sw = _swarm("data.samples_per_agent=30", "data.split=dirichlet:1.0", "train.lr=0.5", "train.rounds=40",
+                "model.width=256")
+    actual = simulate(sw)["train_loss"]
+    p = sw.problem
+    sums = {r: summarise(sw.cfg, sw.theta0, *p.agent_data(r), r) for r in range(4)}
+    inside, widths = [], []
+    for q in range(4):
+        lf = LocalForecaster(sw.cfg, sw.theta0, *p.agent_data(q), sw.W, q, summaries=sums)
+        b = [lf.forecast("dgd", 0.5, 40, band=True, observed=obs)["train_loss_band"]
+             for obs in (None, actual[q][:11])]
+        inside += [lo <= a <= hi for lo, a, hi in zip(b[0]["lower"], actual[q], b[0]["upper"])]
+        widths.append([np.subtract(x["upper"], x["lower"])[-1] for x in b])
+    assert np.mean(inside) >= 0.8
+    assert all(after < before for before, after in widths)

@@ -8,6 +8,7 @@ import numpy as np
 from agent.node import load_node, node_table
 from agent.process import read_round_log
 from agent.spec import load_spec, parse_override, spec_table
+from agent.summaries import KINDS
 from coordinator_free.common.errors import UserError
 from coordinator_free.common.files import read_toml, write_json, write_toml
 from coordinator_free.progress import ProgressBar
@@ -46,6 +47,7 @@ def register(sub) -> None:
     p.add_argument("--out", default="runs/tune.json",
                    help="results JSON (default: runs/tune.json); the tuned spec goes beside it (.spec.toml)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    add_summaries_arg(p)
     p.set_defaults(func=run)
 
     lp = sub.add_parser("predict-local", help="a board's forecast of its own loss from its own data (node file)",
@@ -56,7 +58,26 @@ def register(sub) -> None:
                     help="the agent's round log: recalibrate on the rounds observed so far")
     lp.add_argument("--out", default="runs/predict-local.json",
                     help="forecast JSON (default: runs/predict-local.json)")
+    lp.add_argument("--plot", default=None, metavar="PNG", help="also draw the forecast and its 90%% band")
+    add_summaries_arg(lp)
     lp.set_defaults(func=run_local)
+
+    sp = sub.add_parser("summarise", help="write this board's data summary for the others' forecasts",
+                        description="Aggregate pseudo-samples of the board's data (class-mean and eigen rows "
+                                    "J^T u, each over >= 10 samples; docs/predictor.md, Summaries) as an .npz "
+                                    "that other boards pass to predict-local or tune --summaries.")
+    sp.add_argument("node", metavar="NODE.toml", help="the board's node file")
+    sp.add_argument("--kind", default="class-eigen", choices=KINDS, help="rows to share (default: %(default)s)")
+    sp.add_argument("--rows", type=int, default=3, metavar="M",
+                    help="at most M rows (and never more than n k / 10; default: %(default)s)")
+    sp.add_argument("--out", default=None, metavar="FILE.npz", help="default: runs/summary<ID>.npz")
+    sp.set_defaults(func=run_summarise)
+
+
+def add_summaries_arg(p) -> None:
+    p.add_argument("--summaries", nargs="+", default=None, metavar="DIR_OR_FILE",
+                   help="summaries received from other boards (.npz files, or directories of them): the "
+                        "forecast uses them instead of the replica assumption for those boards")
 
 
 def run(args) -> int:
@@ -70,7 +91,7 @@ def run(args) -> int:
     bar = ProgressBar(1, "tune", enabled=not args.quiet)
     result = tune(spec, budget_rounds=args.budget_rounds, budget_seconds=args.budget_seconds,
                   grid=parse_grid(args.grid), objective=args.objective, profile=profile,
-                  pick_rounds=args.pick_rounds, node=node, progress=bar.update)
+                  pick_rounds=args.pick_rounds, node=node, progress=bar.update, summaries=args.summaries)
     bar.close()
     out = Path(args.out)
     spec_path = out.with_suffix(".spec.toml")
@@ -88,6 +109,9 @@ def run(args) -> int:
         print(f"chosen: lr={result['lr']:.4g} (lr_max {result['lr_max']:.4g}), width {result['width']}, "
               f"{result['rounds']} rounds{secs}; forecast {result['objective']} = {result['predicted_loss']:.5g} "
               f"({result['timings']['total_s']:.2f} s)")
+        if result["band"]:
+            b = result["band"]
+            print(f"90% band of the final train loss: {b['lower'][-1]:.4g} .. {b['upper'][-1]:.4g}")
     print(f"wrote {out} and the ready spec {spec_path}" + (f" and node file {result['node_file']}" if node else ""))
     return 0
 
@@ -97,7 +121,7 @@ def run_local(args) -> int:
     from predictor.tune import LocalRunner
     node = load_node(args.node)
     t = node.spec.train
-    runner = LocalRunner(node.spec, node)
+    runner = LocalRunner(node.spec, node, args.summaries)
     delta, rho, observed = None, 0.0, []
     if args.observed:
         try:
@@ -109,12 +133,50 @@ def run_local(args) -> int:
         if not observed:
             raise UserError(f"--observed {args.observed}: not an agent round log (no round 0 in it)")
         delta, rho = runner.lf.recalibrate(observed, t.algorithm, float(t.lr))
-    f = runner.lf.forecast(t.algorithm, float(t.lr), t.rounds, *(() if delta is None else (delta, rho)))
+    f = runner.lf.forecast(t.algorithm, float(t.lr), t.rounds, *(() if delta is None else (delta, rho)),
+                           batch=runner.batch, seed=runner.seed, band=True, observed=observed or None)
     f.update({"kind": "predict-local", "recalibrated_on_rounds": max(len(observed) - 1, 0),
               "lr_max": runner.lr_max, "spec": node.spec})
     write_json(args.out, f)
-    L = np.asarray(f["train_loss"])
-    print(f"agent {node.id}: forecast train loss {L[0]:.4g} -> {L[-1]:.4g} after {t.rounds} rounds "
-          f"(assumption: {f['assumption']}; delta_scale={f['delta_scale']}, rho={f['rho']})")
+    L, band = np.asarray(f["train_loss"]), f["train_loss_band"]
+    print(f"agent {node.id}: forecast train loss {L[0]:.4g} -> {L[-1]:.4g} after {t.rounds} rounds, 90% band "
+          f"{band['lower'][-1]:.4g} .. {band['upper'][-1]:.4g} (assumption: {f['assumption']}; summaries from "
+          f"boards {f['summaries_from']}; delta_scale={f['delta_scale']}, rho={f['rho']})")
+    if args.plot:
+        plot_band(f, args.plot, f"agent {node.id}: predict-local, 90% band")
+        print(f"wrote {args.plot}")
     print(f"wrote {args.out}")
     return 0
+
+
+def run_summarise(args) -> int:
+    from agent.local import model_config
+    from agent.model import init_params
+    from agent.node import local_data
+    from agent.summaries import save_summary, summarise
+    node = load_node(args.node)
+    X, Y, _, _ = local_data(node)
+    cfg = model_config(node.spec.model, X.shape[1], Y.shape[1])
+    s = summarise(cfg, init_params(cfg, np.float64), X, Y, node.id, kind=args.kind, m=args.rows)
+    out = args.out or f"runs/summary{node.id}.npz"
+    save_summary(out, s)
+    print(f"board {node.id}: {s.m} rows ({s.kind}) over {s.n} samples, class counts {s.class_counts.tolist()}, "
+          f"{s.nbytes} bytes; wrote {out}")
+    return 0
+
+
+def plot_band(f: dict, path: str, title: str) -> None:
+    """The forecast train loss with its band (``predictor.compare.pyplot``: matplotlib, Agg)."""
+    from predictor.compare import pyplot
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    L, b = f["train_loss"], f["train_loss_band"]
+    ax.fill_between(range(len(L)), b["lower"], b["upper"], color="C0", alpha=0.25, label="90% band")
+    ax.plot(L, color="C0", ls="--", label="forecast")
+    ax.set(xlabel="round", ylabel="train loss", yscale="log", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
