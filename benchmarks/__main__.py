@@ -23,6 +23,7 @@ TARGETS = {
     "rehearsal": "benchmarks.bench_rehearsal:cli",
     "agreement": "benchmarks.bench_agreement:cli",
     "catapult": "benchmarks.bench_catapult:cli",
+    "local": "benchmarks.bench_local:cli",
 }
 PROG = "p2pntk bench"
 

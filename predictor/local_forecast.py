@@ -10,6 +10,7 @@ The replica swarm then runs through the same kernel-space dynamics as the global
 kernel while it is small, and above that as ``ReplicaOperator``, the output-traced kernel Theta (x) I_k
 applied through one eigendecomposition of q's own Theta, so that it costs about N products with q's
 (n, n) kernel per round instead of an (N n k)^2 matrix.
+With ``summaries`` from other boards (agent.summaries) those boards hold their rows instead (predictor.summary_swarm).
 ``recalibrate`` refits two knobs to the losses observed in the first rounds of real training:
 delta_scale, and rho, how far the replicas' targets lie from q's own towards the class-balanced
 mean (rho = 0: iid; rho = 1: the others' labels, on average, carry no information about q's classes,
