@@ -1,12 +1,15 @@
-"""The 90% band of a local forecast (docs/predictor.md, "Bands"): from what the board does not know (the others'
-data beyond their summaries) and from the finite width. Arrays in, arrays out.
+"""90% bands on forecasts (docs/predictor.md, "Bands"): from what a board does not know (the others' data beyond
+their summaries) and from the finite width, each measured rather than assumed. Arrays in, arrays out.
 
-half(t) = SPREAD * |F(t) - F_less(t)| + WIDTH * max_{s <= t} gap(s) * F(t)
+Local forecast, relative half-width h(t) (the band is F (1 -/+ h)):
+
+    h(t) = SPREAD |F(t) - F_less(t)| / F(t) + WIDTH t max_{1 <= s <= t} gap(s) / s
 
 F is the forecast, F_less the forecast with less knowledge (summaries without their eigen rows, replicas at
 rho = 1), and gap the relative distance between the board's own nonlinear and linearised gradient descent
-(a measurement of the finite-width error on its own data). SPREAD and WIDTH were calibrated on the
-acceptance runs of ``benchmarks/bench_local.py`` (90% coverage there); observed rounds narrow the band.
+(``linearisation_gap``). Own gradient descent fits its few samples and its gap stops growing, while the swarm
+keeps training on everyone's data, so the width term extrapolates the gap's steepest growth rate over the
+horizon. Observed rounds 0..R re-anchor the forecast on obs(R) and leave h(t) - h(R) (``band``).
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import numpy as np
 
 from agent.model import ModelConfig, forward, loss_and_grad
 
-SPREAD = 1.5
+SPREAD = 1.0
 WIDTH = 2.0
 
 
@@ -39,19 +42,41 @@ def linearisation_gap(cfg: ModelConfig, theta0: np.ndarray, X: np.ndarray, Y: np
     return np.nan_to_num(out, nan=np.inf)
 
 
+def gap_growth(gap) -> np.ndarray:
+    """t max_{1 <= s <= t} gap(s) / s: the gap extrapolated at its steepest growth rate so far (0 at t = 0)."""
+    g = np.asarray(gap, float)
+    t = np.arange(len(g), dtype=float)
+    rate = np.zeros(len(g))
+    rate[1:] = g[1:] / t[1:]
+    return np.maximum.accumulate(rate) * t
+
+
+def relative_half_width(center, less, gap) -> np.ndarray:
+    """h(t) of the module docstring: the band's half-width as a fraction of the forecast."""
+    F, G = np.asarray(center, float), np.asarray(less, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        spread = np.where(F > 0, np.abs(F - G) / F, 0.0)
+    return SPREAD * spread + WIDTH * gap_growth(gap)
+
+
 def band(center, less, gap, observed=None) -> tuple[np.ndarray, np.ndarray]:
     """(lower, upper) per round of the 90% band around ``center``.
 
-    ``observed`` losses at rounds 0..R (recalibration) narrow it: those rounds are known, and beyond R the
-    forecast is rescaled to pass through obs(R), with only what the terms add after R as its half-width.
+    ``observed`` losses at rounds 0..R (recalibration) narrow it: those rounds are the band, and beyond R the
+    forecast is rescaled to pass through obs(R) with the relative half-width h(t) - h(R), what the error terms
+    add after R. Relative, not absolute: the loss decays, so an absolute half[R] would swallow every later one.
     """
-    F, G = np.asarray(center, float), np.asarray(less, float)
-    half = SPREAD * np.abs(F - G) + WIDTH * np.maximum.accumulate(np.asarray(gap, float)) * F
+    h = relative_half_width(center, less, gap)
+    return anchored_band(np.asarray(center, float), h, observed)
+
+
+def anchored_band(F: np.ndarray, h: np.ndarray, observed=None) -> tuple[np.ndarray, np.ndarray]:
+    """F (1 -/+ h), re-anchored on ``observed`` rounds 0..R as ``band`` describes."""
+    F = np.array(F, float)
     if observed is not None and len(observed) > 1:
         obs = np.asarray(observed, float)
         R = min(len(obs), len(F)) - 1
-        scale = obs[R] / F[R] if F[R] > 0 else 1.0
-        half = np.where(np.arange(len(F)) <= R, 0.0, scale * np.maximum(half - half[R], 0.0))
-        F = scale * F
+        F *= obs[R] / F[R] if F[R] > 0 else 1.0
+        h = np.where(np.arange(len(F)) <= R, 0.0, np.maximum(h - h[R], 0.0))
         F[:R + 1] = obs[:R + 1]
-    return np.maximum(F - half, 0.0), F + half
+    return np.maximum(F * (1 - h), 0.0), F * (1 + h)
