@@ -28,7 +28,9 @@ Suspicion and rejoin: a suspected neighbour is no longer sent to or waited for, 
 dropped. Because we stop sending, it misses our next message and suspects us too, so the live graph
 is symmetric again one round later. While suspecting, an agent sends a HELLO to its suspected
 neighbours every deadline; a valid HELLO from a suspected (or departed) neighbour re-admits it, on
-both sides. An agent that suspects every neighbour is cut off itself (a partition): it waits for one
+both sides, over a new connection, and on probation (sent to, not waited for) until its fresh params
+show that it hears us too: after a partition the two directions of a link come back seconds apart
+(docs/design.md, section 7, "After a partition"). An agent that suspects every neighbour is cut off itself (a partition): it waits for one
 to come back, up to the handshake timeout, instead of training alone to the end. HELLOs carry the
 sender's round: the one behind (a paused board, a restarted one) skips
 ahead to the other's round (`next_round`); before it sends anything there it hears its neighbours'
@@ -62,6 +64,8 @@ HWM = ROUND_WINDOW + 2  # messages queued per peer and direction before sends ar
 SNAPSHOTS = 3  # snapshot buffers kept for reuse once ZeroMQ is done sending them
 MAX_WAIT = 3  # a live-but-late neighbour is waited for at most MAX_WAIT x deadline
 LINGER_MS = 500  # how long close() may wait for queued messages (e.g. BYE) to go out
+PROBATION = 6  # a re-admitted peer not confirmed within this many deadlines is suspected again (see _readmit)
+RECONNECT_AFTER = 4  # a suspected peer silent for this many deadlines gets a fresh connection (see _probe)
 FRAME_SLACK = 1024  # bytes allowed above the largest valid frame: CurveZMQ's box, nonce and command name
 LOG_BURST = 5  # dropped-message warnings logged per LOG_INTERVAL; the rest are counted and summarised
 LOG_INTERVAL = 10.0
@@ -125,6 +129,10 @@ class Transport:
         self._round = int(start_round)  # params for rounds below this are stale
         self.catch_up = self._round  # the highest round a neighbour's HELLO reported (see next_round)
         self.rejoined: collections.Counter[int] = collections.Counter()  # re-admissions per peer
+        self.probation: dict[int, int] = {}  # re-admitted peer -> the round its params must reach to confirm it
+        self._probation_since: dict[int, float] = {}  # monotonic time each peer was put on probation
+        self._connected_at: dict[int, float] = {}  # monotonic time each PUSH socket was (re)opened
+        self._next_probe = 0.0  # monotonic time of the next HELLO to suspected peers (every deadline, see _probe)
         self._peer_round: dict[int, int] = {}  # each peer's latest known round
         self._sent: dict[int, list] = {}  # the last two rounds' params frames, resent to a rejoiner
         self._owed: dict[int, list[list]] = {}  # rejoiner -> params frames it is still owed, oldest first
@@ -163,22 +171,28 @@ class Transport:
                 kind = AddressInUse if e.errno == zmq.EADDRINUSE else UserError
                 raise kind(f"node {node_id}: cannot bind {bind}: {e}") from None
             self.endpoint: str = self._pull.getsockopt(zmq.LAST_ENDPOINT).decode()
-            for pid, addr in sorted(self.peers.items()):
-                push = self._push[pid] = self._ctx.socket(zmq.PUSH)
-                push.setsockopt(zmq.SNDHWM, HWM)
-                push.setsockopt(zmq.IMMEDIATE, 1)
-                push.setsockopt(zmq.LINGER, LINGER_MS)
-                if curve is not None:
-                    push.curve_secretkey, push.curve_publickey = curve.secret, curve.public
-                    push.curve_serverkey = curve.allow.public_key(pid)
-                try:
-                    push.connect(addr)
-                except zmq.ZMQError as e:
-                    raise UserError(f"node {node_id}: bad address {addr!r} for peer {pid}: {e}") \
-                        from None
+            for pid in sorted(self.peers):
+                self._connect(pid)
         except BaseException:
             self.close()
             raise
+
+    def _connect(self, pid: int) -> None:
+        """(Re)open the PUSH socket to neighbour ``pid``: a fresh TCP connection, whatever the old one held."""
+        if (old := self._push.pop(pid, None)) is not None:
+            old.close(linger=0)
+        push = self._push[pid] = self._ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.SNDHWM, HWM)
+        push.setsockopt(zmq.IMMEDIATE, 1)
+        push.setsockopt(zmq.LINGER, LINGER_MS)
+        if self.curve is not None:
+            push.curve_secretkey, push.curve_publickey = self.curve.secret, self.curve.public
+            push.curve_serverkey = self.curve.allow.public_key(pid)
+        try:
+            push.connect(self.peers[pid])
+        except zmq.ZMQError as e:
+            raise UserError(f"node {self.node_id}: bad address {self.peers[pid]!r} for peer {pid}: {e}") from None
+        self._connected_at[pid] = time.monotonic()
 
     @property
     def live(self) -> set[int]:
@@ -262,26 +276,40 @@ class Transport:
                 if not self._handshaking:  # a handshake catches up with its slowest neighbour, at the end
                     self.catch_up = max(self.catch_up, h["round"])
             if back:
-                self._readmit(sender)
+                self._readmit(sender, int(h["round"]))
         if isinstance(h.get("heard"), list) and self.node_id in h["heard"]:
             self._acked.add(sender)
         if h.get("reply") is not True and sender in self.live:
             self._say_hello(sender, reply=True)
 
-    def _readmit(self, sender: int) -> None:
+    def _readmit(self, sender: int, its_round: int) -> None:
         """A suspected (or departed) neighbour is back with a valid HELLO: live again from this round.
 
         Its weight returns to its place in our row (the round loop mixes over whoever answered), and so
         does ours in its row once it has our HELLO too. If we already sent this round's params, it gets
         them now; it catches up to our round (``next_round``) and sends its own for this round.
+
+        It is on probation until its params for a round two past both ours and ``its_round`` (the round
+        its HELLO reported) arrive: we send to it and mix its params when they come, but wait for it only
+        when no confirmed neighbour is left to pace our rounds, and never suspect it for being late. Its
+        HELLO proves only that its direction of the link works; after a partition our direction can stay
+        down for seconds more, and it sends params only once it has our HELLO. Waiting for them cost a
+        deadline and a second suspicion, a flap (design.md, 7. After a partition). Earlier params prove nothing:
+        they may have sat in a queue through the partition, sent before it suspected us (at most one round
+        past the round in which we suspected it). A peer not confirmed within PROBATION x deadline is
+        suspected again (its next HELLO re-admits it).
         """
         self.suspected.discard(sender)
         self.departed.discard(sender)
+        self.probation[sender] = max(self._round, its_round) + 2
+        self._probation_since[sender] = time.monotonic()
         self.rejoined[sender] += 1
         self.log.warning("node %d: peer %d (%s) is back (its round %d, ours %d): re-admitted", self.node_id,
                          sender, self.peers[sender], self._peer_round.get(sender, 0), self._round)
-        # the link to a restarted peer may still be reconnecting: wait for it a little (a rare event)
-        self._push[sender].poll(int(125 * self.deadline), zmq.POLLOUT)
+        # Its direction of the link works; ours may be stuck in TCP's retransmission backoff, which after an
+        # outage of a few seconds keeps a healed link silent for seconds more. A new connection is up at once.
+        self._connect(sender)
+        self._push[sender].poll(int(125 * self.deadline), zmq.POLLOUT)  # give its handshake a moment
         # ask for an answer: it carries the peer's current round, which a HELLO that sat in a queue through
         # a partition does not (it would hold us waiting for a round the peer has long left behind)
         self._say_hello(sender, reply=False)
@@ -345,20 +373,25 @@ class Transport:
         self.log.warning("node %d: cut off from every neighbour (%s) at round %d: waiting up to %g s for one to "
                          "come back", self.node_id, self._names(sorted(self.suspected)), round, self.isolation_wait)
         t0 = time.monotonic()
-        end, next_probe = t0 + self.isolation_wait, t0
+        end = t0 + self.isolation_wait
         while self.suspected == set(self.peers) and (now := time.monotonic()) < end:
-            if now >= next_probe:
-                self._probe()
-                next_probe = now + self.deadline
-            self._pump(min(next_probe, end) - now)
+            self._probe()
+            self._pump(min(self._next_probe, end) - now)
         self.wait_seconds += time.monotonic() - t0
         if self.suspected == set(self.peers):
             self.log.warning("node %d: no neighbour came back in %g s: going on alone", self.node_id,
                              self.isolation_wait)
 
     def _probe(self) -> None:
-        """HELLO to suspected neighbours, so that one that comes back is re-admitted on both sides."""
-        for pid in sorted(self.suspected):
+        """Every deadline (whatever the rounds' length), a HELLO to suspected neighbours and to those on
+        probation, so that one that comes back is re-admitted on both sides."""
+        if (now := time.monotonic()) < self._next_probe:
+            return
+        self._next_probe = now + self.deadline
+        for pid in sorted(self.suspected | (self.probation.keys() & self.live)):
+            if pid in self.suspected and now - max(self._connected_at[pid], self._last_heard.get(pid, -math.inf)) \
+                    >= RECONNECT_AFTER * self.deadline:  # silent: our connection may be the one stuck in backoff
+                self._connect(pid)
             self._say_hello(pid, reply=False)
 
     # -- rounds ------------------------------------------------------------------------------
@@ -398,6 +431,7 @@ class Transport:
         if copy:
             arrays, trackers = self._snapshot(arrays)
         self._pay_owed()
+        self._probe()
         frames = self._params_frames(round, arrays)
         self._sent = {r: f for r, f in self._sent.items() if r == round - 1}
         self._sent[round] = frames
@@ -409,12 +443,16 @@ class Transport:
         self.wait_seconds += waited
         got = {p: a for p, a in sorted(self._pending.pop(round).items())
                if p not in self.suspected}  # buffered before the sender became suspected
-        late = sorted(self.live - got.keys() - self._ahead(round))
+        now = time.monotonic()
+        late = sorted(p for p in self._awaited(round) - got.keys()
+                      if p not in self.probation or now - self._probation_since[p] >= PROBATION * deadline)
         for pid in late:
             self.log.warning("node %d: peer %d (%s) missed the %.3g s deadline of round %d; "
                              "suspected from now on", self.node_id, pid, self.peers[pid], deadline,
                              round)
         self.suspected.update(late)
+        for pid in late:
+            self.probation.pop(pid, None)
         self.last_round_stats = {
             "round": round, "bytes_sent": self.bytes_sent - sent0,
             "bytes_received": self.bytes_received - recv0, "wait_seconds": waited,
@@ -457,17 +495,15 @@ class Transport:
         """
         got, beat = self._pending[round], max(deadline / 4, 0.01)
         end, hard_end, next_beat = start + deadline, start + MAX_WAIT * deadline, start + beat
-        next_probe = start + deadline
-        while missing := self.live - got.keys() - self._ahead(round):
+        while missing := self._awaited(round) - got.keys():
             now = time.monotonic()
-            if now >= next_probe:
-                self._probe()
-                next_probe = now + deadline
+            self._probe()
             if now >= end:
                 self._pump(0)  # take what has arrived before deciding
-                missing = self.live - got.keys() - self._ahead(round)
-                if not missing or now >= hard_end or all(
-                        now - self._last_heard.get(p, -math.inf) >= deadline / 2 for p in missing):
+                missing = self._awaited(round) - got.keys()
+                if not missing or now >= hard_end or all(p in self.probation or
+                                                         now - self._last_heard.get(p, -math.inf) >= deadline / 2
+                                                         for p in missing):
                     return
             if now >= next_beat:
                 for pid in sorted(self.live):
@@ -475,6 +511,12 @@ class Transport:
                 self._pay_owed()
                 next_beat = now + beat
             self._pump(min(next_beat, end if now < end else hard_end) - now)
+
+    def _awaited(self, round: int) -> set[int]:
+        """The neighbours a round waits for: live ones not ahead of us, and of those only the confirmed ones
+        (not on probation, see ``_readmit``) while any is left."""
+        live = self.live - self._ahead(round)
+        return (live - self.probation.keys()) or live
 
     def _ahead(self, round: int) -> set[int]:
         """Live neighbours two or more rounds past ``round``: they moved on without us and will not send it;
@@ -611,6 +653,9 @@ class Transport:
             return self._drop("forged", forged, logging.WARNING)
         s = msg.sender
         self._last_heard[s] = time.monotonic()
+        if msg.type == "params" and msg.round >= self.probation.get(s, math.inf) and s not in self.suspected:
+            del self.probation[s]  # it has re-admitted us too: both directions of the link work
+            self.log.info("node %d: peer %d confirmed (its round-%d params arrived)", self.node_id, s, msg.round)
         if msg.type == "hello":
             self._on_hello(s, msg.header, None)
         elif msg.type == "agree":

@@ -353,6 +353,61 @@ def test_an_agent_cut_off_from_every_neighbour_waits_for_one_instead_of_racing_a
     assert waited >= 1.3  # it did not race on alone past the partition
 
 
+def test_a_peer_heard_again_in_one_direction_only_is_on_probation_not_waited_for_or_suspected_again(make):
+    """After a partition one direction of a link can come back seconds before the other (TCP backoff). Here
+    node 2's HELLO reaches node 1 while node 2 reads nothing: node 1 re-admits it on probation and keeps
+    training with node 0 without waiting for it or suspecting it again (before probation it waited a deadline
+    and suspected it a second time, a flap). Once node 2 reads and sends fresh params, it is confirmed."""
+    ts = path_graph(make, 3)
+    for t in ts:
+        t.deadline = 0.4
+
+    def middle(t: Transport):
+        with t:
+            t.handshake(2, timeout=5)
+            rounds = []
+            for k in range(ROUNDS):
+                t0 = time.monotonic()
+                got = sorted(t.exchange(k, value(1, k, np.float32)))
+                rounds.append((time.monotonic() - t0, got, set(t.suspected), set(t.probation)))
+                time.sleep(COMPUTE)
+            return rounds
+
+    def end(t: Transport):
+        with t:
+            t.handshake(1, timeout=5)
+            for k in range(ROUNDS):
+                t.exchange(k, value(0, k, np.float32))
+                time.sleep(COMPUTE)
+
+    def far(t: Transport):
+        with t:
+            t.handshake(1, timeout=5)
+            t.exchange(0, value(2, 0, np.float32))
+            time.sleep(0.8)  # silent: node 1 suspects us; we suspect it too and probe it
+            t.suspected.add(1)
+            t._say_hello(1, reply=False)
+            time.sleep(3.0)  # reading nothing: node 1's direction is still down
+            k = 1
+            while k < ROUNDS:
+                k = t.next_round(k)
+                t.exchange(k, value(2, k, np.float32))
+                time.sleep(COMPUTE)
+                k += 1
+
+    ROUNDS, COMPUTE = 60, 0.1  # rounds paced like training, so that the swarm outlasts the partition
+    results, errors = run_all(lambda: end(ts[0]), lambda: middle(ts[1]), lambda: far(ts[2]), timeout=40)
+    assert errors == [None, None, None]
+    rounds = results[1]
+    assert rounds[1][2] == {2}  # node 2 silent in round 1: suspected
+    start = next(k for k, r in enumerate(rounds) if r[3] == {2})  # its HELLO came: on probation
+    one_way = rounds[start + 1:start + 6]
+    assert all(got == [0] and suspected == set() and probation == {2} for _, got, suspected, probation in one_way)
+    assert sum(seconds for seconds, *_ in one_way) < 5 * 0.4  # paced by node 0 alone: no deadline waits
+    assert [0, 2] in [got for _, got, *_ in rounds[start:]]  # training with it again
+    assert rounds[-1][2:] == (set(), set())  # confirmed once its fresh params came; nobody suspected
+
+
 def test_a_spec_mismatch_names_the_keys_that_differ(make):
     a0, a1 = (f"tcp://127.0.0.1:{free_tcp_port()}" for _ in range(2))
     t0, t1 = make(0, a0, {1: a1}), make(1, a1, {0: a0}, spec_hash="s1")
