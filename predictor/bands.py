@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from agent.model import ModelConfig, forward, loss_and_grad
+from predictor.ntk import train_test_ntk
 
 SPREAD = 1.0
 WIDTH = 2.0
@@ -80,3 +81,17 @@ def anchored_band(F: np.ndarray, h: np.ndarray, observed=None) -> tuple[np.ndarr
         h = np.where(np.arange(len(F)) <= R, 0.0, np.maximum(h - h[R], 0.0))
         F[:R + 1] = obs[:R + 1]
     return np.maximum(F * (1 - h), 0.0), F * (1 + h)
+
+
+def global_band(cfg: ModelConfig, theta0: np.ndarray, X: np.ndarray, Y: np.ndarray, alpha: float,
+                train_loss) -> dict:
+    """The 90% band of the global forecast (every agent's train loss, (N, rounds + 1)), which knows all the
+    data: its remaining error is the finite width, measured as ``linearisation_gap`` on (X, Y), one agent's
+    samples, with the forecast's lr and rounds; h(t) = WIDTH * ``gap_growth``. (Minibatch noise is not in it.)
+    """
+    L = np.asarray(train_loss, float)
+    K = train_test_ntk(cfg, np.asarray(theta0, np.float64), X, X[:1])[0]
+    gap = linearisation_gap(cfg, theta0, X, Y, K, alpha, L.shape[1] - 1)
+    h = WIDTH * gap_growth(gap)
+    return {"level": 0.9, "lower": np.maximum(L * (1 - h), 0.0).tolist(), "upper": (L * (1 + h)).tolist(),
+            "relative_half_width": h.tolist()}

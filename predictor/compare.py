@@ -71,7 +71,8 @@ def plot_comparison(forecast: dict, actual: dict, path: str | Path, title: str |
     """Draw each agent's train (and test) loss: actual solid, forecast dashed, one colour per agent.
 
     Writes a PNG to ``path`` (matplotlib, Agg backend, imported here). With ``ax_list`` (one axis per
-    curve) it draws there instead and writes nothing.
+    curve) it draws there instead and writes nothing. A forecast's "train_loss_band" (``p2pntk predict``) is
+    shaded around its train loss.
     """
     plt = pyplot()
     curves = [c for c in CURVES if c in forecast and c in actual]
@@ -81,8 +82,11 @@ def plot_comparison(forecast: dict, actual: dict, path: str | Path, title: str |
         ax_list = ax_list[0]
     for ax, curve in zip(ax_list, curves):
         A, F = np.asarray(actual[curve], float), np.asarray(forecast[curve], float)
+        band = forecast.get(curve + "_band")
         for q in range(A.shape[0]):
             colour = f"C{q % 10}"
+            if band is not None:
+                ax.fill_between(range(F.shape[1]), band["lower"][q], band["upper"][q], color=colour, alpha=0.15, lw=0)
             ax.plot(A[q], color=colour, lw=1.6, label=f"agent {q}" if q < 10 else None)
             ax.plot(F[q], color=colour, lw=1.2, ls="--", marker="o", ms=3, mfc="none",
                     markevery=max(1, len(F[q]) // 10))
@@ -92,6 +96,8 @@ def plot_comparison(forecast: dict, actual: dict, path: str | Path, title: str |
         ax.grid(alpha=0.3)
     ax_list[0].plot([], [], color="k", lw=1.6, label=labels[1])
     ax_list[0].plot([], [], color="k", lw=1.2, ls="--", marker="o", ms=3, mfc="none", label=labels[0])
+    if "train_loss_band" in forecast:
+        ax_list[0].fill_between([], [], [], color="k", alpha=0.15, lw=0, label="90% band")
     ax_list[0].legend(fontsize=7, ncol=2)
     if fig is None:
         return None

@@ -10,6 +10,7 @@ import numpy as np
 from agent.model import ModelConfig, backward, forward_with_cache
 from agent.swarm import Swarm
 from coordinator_free.common.errors import UserError
+from predictor.bands import global_band
 from predictor.dynamics import ExactOperator, Flow, KernelProblem, operator_rounds, outputs_on_test, own_outputs
 from predictor.kernel_operators import landmark_operator, traced_operator
 from predictor.ntk import DEFAULT_MAX_BYTES, train_test_ntk
@@ -91,7 +92,7 @@ def parameters(cfg: ModelConfig, theta0: np.ndarray, X_train: np.ndarray, C: np.
 def forecast(swarm: Swarm, mode: str = "discrete", *, kp: KernelProblem | None = None,
              keep: tuple[int, ...] = (), max_bytes: int = DEFAULT_MAX_BYTES,
              kernel_dtype: str | None = None, kernel: str = "auto",
-             landmarks: int = DEFAULT_LANDMARKS) -> tuple[dict, dict[int, np.ndarray]]:
+             landmarks: int = DEFAULT_LANDMARKS, band: bool = False) -> tuple[dict, dict[int, np.ndarray]]:
     """Forecast the swarm's training with the linearised dynamics; returns (results, kept).
 
     ``mode`` is "discrete" (the exact rounds) or "flow" (the gradient flow at t = 0, 1, ..., rounds).
@@ -137,6 +138,9 @@ def forecast(swarm: Swarm, mode: str = "discrete", *, kp: KernelProblem | None =
     t2 = time.perf_counter()
     lr_max = lr_max_all(kp if form == "exact" else op, include=(alg,))
     t3 = time.perf_counter()
+    if band:
+        curves["train_loss_band"] = global_band(swarm.cfg, swarm.theta0, *p.agent_data(0), alpha, curves["train_loss"])
+    t4 = time.perf_counter()
     samples = np.arange(len(p.Y_train))
     if form != "exact" and kept_c:
         samples = op.coefficients(next(iter(kept_c.values())))[0]
@@ -152,5 +156,5 @@ def forecast(swarm: Swarm, mode: str = "discrete", *, kp: KernelProblem | None =
                "lr_max": lr_max, "lr_max_exact": lr_max_exact(swarm.W), "stable": None if lr_max[alg] is None else bool(alpha < lr_max[alg]),
                "n_params": swarm.cfg.num_params, "model_hash": swarm.cfg.hash(),
                "timings": {"kernel_s": t1 - t0, "dynamics_s": t2 - t1, "lr_max_s": t3 - t2,
-                           "total_s": t3 - t0}}
+                           **({"band_s": t4 - t3} if band else {}), "total_s": t4 - t0}}
     return results, kept

@@ -36,6 +36,9 @@ def register(sub) -> None:
                         "landmarks above)")
     p.add_argument("--landmarks", type=int, default=DEFAULT_LANDMARKS, metavar="L",
                    help="landmark samples for --kernel landmarks (default: %(default)s)")
+    p.add_argument("--no-band", action="store_true",
+                   help="skip the 90%% finite-width band (train_loss_band: nonlinear against linearised gradient "
+                        "descent on agent 0's samples, docs/predictor.md, \"Bands\")")
     p.set_defaults(func=run)
 
 
@@ -65,7 +68,7 @@ def run(args) -> int:
     keep = parse_rounds(args.param_rounds, spec.train.rounds) if args.save_params else ()
     results, kept = forecast(swarm, "flow" if args.flow else "discrete", keep=keep,
                              max_bytes=int(args.max_mb * 2**20), kernel=args.kernel, landmarks=args.landmarks,
-                             kernel_dtype=None if args.kernel_dtype == "auto" else args.kernel_dtype)
+                             band=not args.no_band, kernel_dtype=None if args.kernel_dtype == "auto" else args.kernel_dtype)
     write_json(args.out, results)
     if args.save_params:
         order = sorted(kept)
@@ -78,6 +81,11 @@ def run(args) -> int:
               f"{results['timings']['total_s']:.3f}s")
         print(loss_table(results))
         print(lr_max_line(lr))
+        if "train_loss_band" in results:
+            b = results["train_loss_band"]
+            print(f"90% band of the final train loss (finite width, {results['timings']['band_s']:.3f}s): "
+                  f"agent 0 {b['lower'][0][-1]:.4g} .. {b['upper'][0][-1]:.4g}, "
+                  f"half-width {b['relative_half_width'][-1]:.1%} of the forecast")
         if results["stable"] is False:
             print(f"warning: train.lr = {t.lr} exceeds lr_max = {lr[t.algorithm]:.4g} for "
                   f"{t.algorithm.upper()}: the rounds diverge", file=sys.stderr)
