@@ -28,6 +28,7 @@ from agent.node import NodeConfig, link_security, local_data
 from agent.report import Report
 from agent.rounds import RoundTimes, run_rounds
 from agent.spec import Spec, spec_hash, spec_key_hashes
+from agent.summaries import Summary, from_share, to_share
 from coordinator_free.common.errors import Diverged, Terminated, UserError, signals_deferred
 from coordinator_free.common.files import check_writable, read_npz, write_json, write_npz
 from coordinator_free.gossip import BoardTransport, transports
@@ -141,20 +142,54 @@ def run_node(node: NodeConfig, report: Report | None = None) -> dict:
     settings = hooks.kernel_settings if hooks and kernel_name == "onnx" else {}
     kernels = make_kernels(kernel_name, cfg, dtype, **settings)
     learner = LocalLearner(node.id, kernels, X, Y, X_test, Y_test, batch=train.batch, seed=spec.data.seed)
-    peers, discovery = node.peers, None
-    if node.discovery == "zeroconf":  # the static table, if any, is ignored
-        from coordinator_free.discovery import Discovery
-        discovery = Discovery(node.id, node.bind, network=spec.network, model_hash=cfg.hash(),
-                              spec_hash=spec_hash(spec), advertise=node.advertise)
-    try:
-        if discovery:
-            peers = discovery.find_peers(node.handshake_timeout)
-            log.info("node %d: discovered peers %s", node.id, peers)
+    with found_peers(node, cfg) as peers:
         return _train(node, learner, init_params(cfg, dtype), cfg, peers, hooks,
                       report or Report(node.id, train.rounds, enabled=False))
+
+
+@contextlib.contextmanager
+def found_peers(node: NodeConfig, cfg: ModelConfig):
+    """The node's neighbours, id -> address: its static table, or with ``discovery = "zeroconf"`` the ones found
+    on the network (the table, if any, is ignored); the advertisement lasts until the block ends."""
+    if node.discovery != "zeroconf":
+        yield node.peers
+        return
+    from coordinator_free.discovery import Discovery
+    discovery = Discovery(node.id, node.bind, network=node.spec.network, model_hash=cfg.hash(),
+                          spec_hash=spec_hash(node.spec), advertise=node.advertise)
+    try:
+        peers = discovery.find_peers(node.handshake_timeout)
+        log.info("node %d: discovered peers %s", node.id, peers)
+        yield peers
     finally:
-        if discovery:
-            discovery.close()
+        discovery.close()
+
+
+def share_summaries(node: NodeConfig, summary: Summary, timeout: float | None = None) -> dict[int, Summary]:
+    """Every board's data summary, ours included: one handshake over the node's own (authenticated) links, then
+    ``Transport.flood`` relays each board's summary through the graph (docs/design.md, 7. Sharing summaries).
+    Run by ``p2pntk summarise --exchange`` on every board at about the same time, before tuning. Boards whose
+    summary did not arrive within ``timeout`` (default: the handshake timeout) are left out, logged."""
+    spec = node.spec
+    X, Y, _, _ = local_data(node)
+    cfg = model_config(spec.model, X.shape[1], Y.shape[1])
+    dtype = np.dtype(spec.train.dtype)
+    alg = ALGORITHMS[spec.train.algorithm]
+    with found_peers(node, cfg) as peers, transports()[node.transport](
+            node.id, node.bind, peers, model_hash=cfg.hash(), spec_hash=spec_hash(spec), algorithm=alg.name,
+            dtype=dtype.name, shape=(cfg.num_params,), arrays=len(alg.messages), deadline=node.round_deadline,
+            curve=link_security(node, peers), logger=log) as transport:
+        transport.share_origins = spec.network.agents  # from now on: a neighbour may start flooding first
+        transport.handshake(len(peers), node.handshake_timeout, extra={"spec_keys": spec_key_hashes(spec)})
+        meta, rows = to_share(summary, dtype)
+        got = transport.flood(meta, rows, spec.network.agents, timeout or node.handshake_timeout)
+    out = {}
+    for origin, (m, r) in sorted(got.items()):
+        try:
+            out[origin] = summary if origin == node.id else from_share(origin, m, r, cfg.hash(), cfg.num_params)
+        except UserError as err:  # one bad summary costs only itself: that board falls back to the replicas
+            log.warning("node %d: %s; left out", node.id, err)
+    return out
 
 
 def resume_point(node: NodeConfig, cfg: ModelConfig, dtype: np.dtype) -> tuple[int, Arrays | None]:

@@ -169,8 +169,14 @@ def load_summary(path: str | Path, num_params: int | None = None, model_hash: st
     """Read a summary file; every problem is one UserError naming the file. ``num_params`` and ``model_hash``,
     if given, must match this board's model."""
     what = f"summary file {path}"
-    a = read_npz(path, what, ("format", "board", "kind", "rows", "targets", "row_label", "n", "k", "class_counts",
-                              "rest_trace", "rest_energy", "model_hash"))
+    return checked(read_npz(path, what, ("format", "board", "kind", "rows", "targets", "row_label", "n", "k",
+                                         "class_counts", "rest_trace", "rest_energy", "model_hash")),
+                   what, num_params, model_hash)
+
+
+def checked(a, what: str, num_params: int | None = None, model_hash: str | None = None) -> Summary:
+    """A Summary from its arrays by name (an .npz's, or a share message's, see ``from_share``); every problem
+    is one UserError starting with ``what``."""
 
     def scalar(name: str, kinds: str):
         v = a[name]
@@ -208,6 +214,33 @@ def load_summary(path: str | Path, num_params: int | None = None, model_hash: st
                    n=int(n), k=int(k), class_counts=counts.astype(np.int64),
                    rest_trace=float(scalar("rest_trace", "fiu")), rest_energy=float(scalar("rest_energy", "fiu")),
                    model_hash=digest, meta={"min_mix": int(scalar("min_mix", "iu")) if "min_mix" in a else MIN_MIX})
+
+
+def to_share(s: Summary, dtype=np.float32) -> tuple[dict, tuple[np.ndarray, ...]]:
+    """``s`` as a share message's content (coordinator_free.transport.flood): meta, a flat dict of small values,
+    and one array frame per row, [row, target, label] (P + 2 numbers, wire.SHARE_EXTRA)."""
+    meta = {"kind": s.kind, "n": int(s.n), "k": int(s.k), "class_counts": [int(c) for c in s.class_counts],
+            "rest_trace": float(s.rest_trace), "rest_energy": float(s.rest_energy), "format": FORMAT,
+            "min_mix": int(s.meta.get("min_mix", MIN_MIX))}
+    packed = np.concatenate([s.rows, s.targets[:, None], s.row_label[:, None]], axis=1).astype(dtype)
+    return meta, tuple(packed)
+
+
+def from_share(origin: int, meta: dict, rows: tuple[np.ndarray, ...], model_hash: str, num_params: int) -> Summary:
+    """The Summary in a share that came over the wire (``to_share``'s inverse); a malformed one is a UserError."""
+    what = f"the summary of board {origin} (received)"
+    packed = np.stack([np.asarray(r, np.float64) for r in rows])
+    try:
+        a = {"format": np.array(meta["format"]), "board": np.array(origin), "kind": np.array(str(meta["kind"])),
+             "rows": packed[:, :-2], "targets": packed[:, -2], "row_label": packed[:, -1].astype(np.int64),
+             "n": np.array(meta["n"]), "k": np.array(meta["k"]), "class_counts": np.array(meta["class_counts"]),
+             "rest_trace": np.array(meta["rest_trace"]), "rest_energy": np.array(meta["rest_energy"]),
+             "model_hash": np.array(model_hash), "min_mix": np.array(meta["min_mix"])}
+    except KeyError as e:
+        raise UserError(f"{what}: its meta has no {e.args[0]!r}") from None
+    if not np.array_equal(a["row_label"], packed[:, -1]):
+        raise UserError(f"{what}: row labels must be integers")
+    return checked(a, what, num_params, model_hash)
 
 
 def load_summaries(paths: list[str | Path], num_params: int | None = None, model_hash: str | None = None

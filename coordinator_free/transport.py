@@ -54,7 +54,7 @@ import time
 import numpy as np
 import zmq
 
-from coordinator_free.wire import MAX_HEADER_BYTES, Expect, WireError, decode, encode
+from coordinator_free.wire import MAX_HEADER_BYTES, SHARE_EXTRA, Expect, WireError, decode, encode
 from coordinator_free.common.errors import AddressInUse, UserError
 from coordinator_free.gossip import register_transport
 from coordinator_free.keys import ZAP_DOMAIN, Curve, start_authenticator
@@ -138,6 +138,9 @@ class Transport:
         self._owed: dict[int, list[list]] = {}  # rejoiner -> params frames it is still owed, oldest first
         self._pending: dict[int, dict[int, np.ndarray]] = collections.defaultdict(dict)
         self._agree: dict[int, dict[int, dict]] = collections.defaultdict(dict)  # step -> sender -> values
+        self._shares: dict[int, tuple[dict, tuple[np.ndarray, ...]]] = {}  # origin -> (meta, rows): see flood
+        self._shared_done: set[int] = set()  # neighbours that hold every share
+        self.share_origins = 0  # shares are taken only from origins 0..share_origins-1 (set it before handshake)
         self._hellos: dict[int, dict] = {}
         self._mismatch: dict[int, str] = {}
         self._acked: set[int] = set()  # peers whose HELLO lists us
@@ -164,7 +167,8 @@ class Transport:
             # Frames larger than a float64 model cannot be valid; ZeroMQ disconnects such a peer. The
             # limit is checked on the frame as it arrives, so under CURVE it includes the encryption's
             # few dozen bytes per frame: without FRAME_SLACK a float64 model's own params are refused.
-            self._pull.setsockopt(zmq.MAXMSGSIZE, max(8 * math.prod(self.shape), MAX_HEADER_BYTES) + FRAME_SLACK)
+            self._pull.setsockopt(zmq.MAXMSGSIZE, max(8 * (math.prod(self.shape) + SHARE_EXTRA), MAX_HEADER_BYTES)
+                                  + FRAME_SLACK)
             try:
                 self._pull.bind(bind)
             except zmq.ZMQError as e:
@@ -365,6 +369,45 @@ class Transport:
                     if k in theirs:
                         current[k] = min(current[k], float(theirs[k]))
         return current
+
+    def flood(self, meta: dict, rows: tuple[np.ndarray, ...], expected: int, timeout: float
+              ) -> dict[int, tuple[dict, tuple[np.ndarray, ...]]]:
+        """Every agent's share (``meta``, a small flat dict, and ``rows``, arrays of P + SHARE_EXTRA numbers),
+        by flooding before training: ours goes to every neighbour, and each share heard for the first time is
+        relayed to every live neighbour but the one it came from, so with a connected graph all ``expected``
+        shares reach everyone. Then a ``shared`` message tells the neighbours we are done, and we wait (up to
+        ``timeout`` in all) until they are too, relaying what they may still need. Returns origin -> (meta,
+        rows), ours included: all of them, or what arrived in time (logged). A relayed share is authenticated
+        as its relay's, not its origin's (docs/design.md, 7. Sharing summaries)."""
+        self.share_origins = max(self.share_origins, expected)
+        self._shares[self.node_id] = (dict(meta), tuple(np.array(r) for r in rows))
+        self._relay(self.node_id, None)
+        end, said_done = time.monotonic() + timeout, False
+        while (now := time.monotonic()) < end:
+            self._pay_owed()
+            if not said_done and len(self._shares) >= expected and not self._owed:
+                done = encode({"type": "shared", "sender": self.node_id, "model_hash": self.model_hash,
+                               "count": len(self._shares)})
+                for pid in sorted(self.live):
+                    self._send(pid, done, quiet=True)
+                said_done = True
+            if said_done and self.live <= self._shared_done:
+                break
+            self._pump(min(0.05, end - now))
+        if len(self._shares) < expected:
+            self.log.warning("node %d: %d of %d shares after %g s (missing %s)", self.node_id, len(self._shares),
+                             expected, timeout, sorted(set(range(expected)) - self._shares.keys()))
+        return dict(self._shares)
+
+    def _relay(self, origin: int, source: int | None) -> None:
+        """Queue share ``origin`` for every live neighbour but ``source``, under our own sender id (each
+        message is bound to its sender's key), retried until sent (``_pay_owed``)."""
+        meta, rows = self._shares[origin]
+        frames = encode({"type": "share", "sender": self.node_id, "model_hash": self.model_hash, "origin": origin,
+                         "meta": meta}, rows)
+        for pid in sorted(self.live - {source, origin}):
+            self._owed.setdefault(pid, []).append(frames)
+        self._pay_owed()
 
     def _wait_for_company(self, round: int) -> None:
         """Every neighbour is suspected: we are cut off (a partition, our own link down). Rather than train
@@ -660,6 +703,15 @@ class Transport:
             self._on_hello(s, msg.header, None)
         elif msg.type == "agree":
             self._agree[msg.header["step"]].setdefault(s, msg.header["values"])
+        elif msg.type == "share":
+            if (origin := msg.header["origin"]) >= self.share_origins:
+                self._drop("invalid", f"share of board {origin} from peer {s}: not expected "
+                                      f"(taken from boards 0..{self.share_origins - 1} before training)", logging.WARNING)
+            elif origin not in self._shares:
+                self._shares[origin] = (msg.header["meta"], tuple(np.array(a) for a in msg.arrays))
+                self._relay(origin, s)
+        elif msg.type == "shared":
+            self._shared_done.add(s)
         elif msg.type == "bye":
             if s not in self.departed:
                 self.departed.add(s)

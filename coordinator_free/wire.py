@@ -3,8 +3,9 @@
 `encode` builds the multipart frames; `decode` validates every field against what this agent
 expects and raises `WireError` naming the first problem. Nothing from the wire is ever deserialised as code.
 
-Frames: [header] for hello and bye, [header, array_1, ..., array_n] for params, where n is the
-algorithm's number of messages (1 for DGD/ATC/CTA, 2 for GT: theta and the tracker). Header keys:
+Frames: [header] for hello, bye, agree and shared, [header, array_1, ..., array_n] for params, where n is
+the algorithm's number of messages (1 for DGD/ATC/CTA, 2 for GT: theta and the tracker), and for share,
+where n is the header's arrays. Header keys:
   every type  v (= PROTOCOL_VERSION), type, sender (int), model_hash (str)
   hello       spec_hash (str), degree (int >= 0), round (the sender's current round), heard (list of
               ids), reply (bool), extras
@@ -12,6 +13,11 @@ algorithm's number of messages (1 for DGD/ATC/CTA, 2 for GT: theta and the track
               arrays (int, = n)
   agree       step (int), values (an object of at most MAX_AGREE_VALUES names -> positive finite
               numbers): one step of the start-up agreement on locally tuned values (lr, rounds)
+  share       origin (the id of the agent the content is of: the sender's own, or relayed), meta (a
+              flat object of at most MAX_SHARE_META short names -> numbers, short strings or lists of
+              ints), dtype, shape (= [P + SHARE_EXTRA]), arrays (1..MAX_SHARE_ROWS): one agent's data
+              summary (agent.summaries), flooded before training; each array frame is one summary row
+  shared      count (int): the sender holds every agent's share (count of them) and is done flooding
 Array frames: the prod(shape) * itemsize bytes of each array, little-endian, C order; all arrays of
 one message share the header's dtype and shape. Version 2 added the array count (version 1 carried one).
 
@@ -28,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 PROTOCOL_VERSION = 2
-MESSAGE_TYPES = ("hello", "params", "bye", "agree")
+MESSAGE_TYPES = ("hello", "params", "bye", "agree", "share", "shared")
 MAX_HEADER_BYTES = 65536
 MAX_BRACKETS = 32       # [ and { in one header: ours nest two deep and hold two lists
 MAX_DIGITS = 19         # a JSON number longer than this is refused before it is converted
@@ -36,7 +42,10 @@ MAX_INT = 2**31 - 1     # every int field: ids, rounds, degrees, shape entries
 MAX_HEARD = 65536       # ids in a HELLO's heard list
 _FLOAT_DTYPES = ("float16", "float32", "float64")
 MAX_AGREE_VALUES = 8    # names in an agree message's values
-_FRAMES = {"hello": 1, "bye": 1, "agree": 1}  # header only; params: header + `Expect.arrays` arrays
+MAX_SHARE_ROWS = 64     # array frames (summary rows) in one share message
+MAX_SHARE_META = 16     # names in a share message's meta
+SHARE_EXTRA = 2         # a share row is P + SHARE_EXTRA numbers: the row, then its target and label
+_FRAMES = {"hello": 1, "bye": 1, "agree": 1, "shared": 1}  # header only; params: header + `Expect.arrays` arrays
 
 
 def _params_header_bound() -> int:
@@ -69,7 +78,7 @@ class Expect:
 
 @dataclass
 class Message:
-    """A validated message. `round` is -1 for hello/bye. `arrays` (params only) are views of the
+    """A validated message. `round` is -1 for all but params. `arrays` (params and share) are views of the
     received frames, no copy: read-only for bytes or zmq.Frame input; copy them before writing."""
     type: str
     sender: int
@@ -169,7 +178,11 @@ def decode(frames: list, expect: Expect) -> Message:
         raise WireError(f"protocol version {_short(v)} but ours is {PROTOCOL_VERSION}", field="v", header=h)
     if (kind := _field(h, "type", str)) not in MESSAGE_TYPES:
         raise WireError(f"unknown message type {kind!r:.40}", field="type", header=h)
-    if len(frames) != (n_frames := _FRAMES.get(kind, 1 + expect.arrays)):
+    if kind == "share" and not 1 <= _int(h, "arrays") <= MAX_SHARE_ROWS:
+        raise WireError(f"share message with {h['arrays']} arrays, expected 1..{MAX_SHARE_ROWS}", field="arrays",
+                        header=h)
+    n_frames = 1 + (h["arrays"] if kind == "share" else expect.arrays)
+    if len(frames) != (n_frames := _FRAMES.get(kind, n_frames)):
         raise WireError(f"{kind} message has {len(frames)} frames, expected {n_frames}",
                         header=h)
     if (sender := _int(h, "sender")) not in expect.neighbours:
@@ -193,6 +206,10 @@ def decode(frames: list, expect: Expect) -> Message:
                 isinstance(k, str) and len(k) <= 40 and type(v) in (int, float) and v > 0 for k, v in values.items()):
             raise WireError(f"header field 'values' must map at most {MAX_AGREE_VALUES} short names to positive "
                             "numbers", field="values", header=h)
+    if kind == "shared":
+        _int(h, "count")
+    if kind == "share":
+        return _share(frames, h, sender, expect)
     if kind != "params":
         return Message(kind, sender, -1, h, None)
 
@@ -214,6 +231,24 @@ def decode(frames: list, expect: Expect) -> Message:
                         header=h)
     dtype = np.dtype(dt).newbyteorder("<")
     return Message(kind, sender, r, h, tuple(_array(f, dtype, expect.shape, h) for f in frames[1:]))
+
+
+def _share(frames: list, h: dict, sender: int, expect: Expect) -> Message:
+    _int(h, "origin")
+    meta = _field(h, "meta", dict)
+    if len(meta) > MAX_SHARE_META or not all(
+            isinstance(k, str) and len(k) <= 40 and (type(v) in (int, float) or (isinstance(v, str) and len(v) <= 40)
+                                                     or (isinstance(v, list) and all(type(i) is int for i in v)))
+            for k, v in meta.items()):
+        raise WireError(f"header field 'meta' must map at most {MAX_SHARE_META} short names to numbers, short "
+                        "strings or lists of ints", field="meta", header=h)
+    if (dt := _field(h, "dtype", str)) not in ("float32", "float64"):
+        raise WireError(f"dtype {dt!r:.40} not allowed in a share (float32 or float64)", field="dtype", header=h)
+    width = (math.prod(expect.shape) + SHARE_EXTRA,)
+    if (shape := _field(h, "shape", list)) != list(width):
+        raise WireError(f"shape {shape!s:.80} != a share row's {list(width)}", field="shape", header=h)
+    dtype = np.dtype(dt).newbyteorder("<")
+    return Message("share", sender, -1, h, tuple(_array(f, dtype, width, h) for f in frames[1:]))
 
 
 def _array(frame, dtype: np.dtype, shape: tuple[int, ...], h: dict) -> np.ndarray:

@@ -62,6 +62,21 @@ def test_hello_and_bye_round_trip():
     msg = decode(encode({"type": "agree", "sender": 2, "model_hash": "m0", "step": 1,
                          "values": {"lr": 0.25, "rounds": 60}}), expect())
     assert (msg.type, msg.header["step"], msg.header["values"]) == ("agree", 1, {"lr": 0.25, "rounds": 60})
+    rows = tuple(np.arange(14, dtype=np.float64) + i for i in range(3))  # a share row: P + 2 numbers
+    msg = decode(encode(share_header(), rows), expect())
+    assert (msg.type, msg.sender, msg.header["origin"], len(msg.arrays)) == ("share", 2, 7, 3)
+    assert all(np.array_equal(a, r) for a, r in zip(msg.arrays, rows))
+    msg = decode(encode({"type": "shared", "sender": 0, "model_hash": "m0", "count": 8}), expect())
+    assert (msg.type, msg.header["count"]) == ("shared", 8)
+
+
+def share_header(**kw) -> dict:
+    return {"type": "share", "sender": 2, "model_hash": "m0", "origin": 7,
+            "meta": {"kind": "class-eigen", "n": 30, "class_counts": [15, 15], "rest_trace": 1.5}, **kw}
+
+
+def share(rows: int = 2, width: int = 14, **kw) -> list:
+    return [bytes(f) for f in encode(share_header(**kw), tuple(np.ones(width) for _ in range(rows)))]
 
 
 BAD = {
@@ -115,6 +130,15 @@ BAD = {
                                        "values": {f"k{i}": 1 for i in range(9)}}), "'values' must map"),
     "agree, huge step": (encode({"type": "agree", "sender": 0, "model_hash": "m0", "step": 2**40,
                                  "values": {"lr": 0.1}}), "'step' = 1099511627776 is outside"),
+    "share, a row of the wrong width": (share(width=12), "shape [12] != a share row's [14]"),
+    "share, too many rows": (share(rows=65), "share message with 65 arrays, expected 1..64"),
+    "share, a frame missing": (share()[:-1], "share message has 2 frames, expected 3"),
+    "share, nested meta": (share(meta={"x": {"y": 1}}), "'meta' must map at most 16 short names"),
+    "share, float ids in meta": (share(meta={"class_counts": [1.5]}), "'meta' must map"),
+    "share, no origin": (encode({"type": "share", "sender": 2, "model_hash": "m0", "meta": {}}, np.ones(14)),
+                         "missing header field 'origin'"),
+    "share, int16": (encode(share_header(), np.ones(14, np.int16)), "dtype 'int16' not allowed in a share"),
+    "shared, no count": (encode({"type": "shared", "sender": 0, "model_hash": "m0"}), "missing header field 'count'"),
 }
 
 

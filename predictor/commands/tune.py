@@ -70,7 +70,12 @@ def register(sub) -> None:
     sp.add_argument("--kind", default="class-eigen", choices=KINDS, help="rows to share (default: %(default)s)")
     sp.add_argument("--rows", type=int, default=3, metavar="M",
                     help="at most M rows (and never more than n k / 10; default: %(default)s)")
-    sp.add_argument("--out", default=None, metavar="FILE.npz", help="default: runs/summary<ID>.npz")
+    sp.add_argument("--out", default=None, metavar="FILE.npz",
+                    help="default: runs/summary<ID>.npz, or with --exchange the directory runs/summaries")
+    sp.add_argument("--exchange", action="store_true",
+                    help="also exchange summaries with every board over the node's links (run it on all boards at "
+                         "about the same time), and write each board's summary into the directory OUT, ready for "
+                         "tune or predict-local --summaries OUT")
     sp.set_defaults(func=run_summarise)
 
 
@@ -158,10 +163,21 @@ def run_summarise(args) -> int:
     X, Y, _, _ = local_data(node)
     cfg = model_config(node.spec.model, X.shape[1], Y.shape[1])
     s = summarise(cfg, init_params(cfg, np.float64), X, Y, node.id, kind=args.kind, m=args.rows)
-    out = args.out or f"runs/summary{node.id}.npz"
-    save_summary(out, s)
     print(f"board {node.id}: {s.m} rows ({s.kind}) over {s.n} samples, class counts {s.class_counts.tolist()}, "
-          f"{s.nbytes} bytes; wrote {out}")
+          f"{s.nbytes} bytes")
+    if not args.exchange:
+        out = args.out or f"runs/summary{node.id}.npz"
+        save_summary(out, s)
+        print(f"wrote {out}")
+        return 0
+    from agent.process import share_summaries
+    out_dir = Path(args.out or "runs/summaries")
+    got = share_summaries(node, s)
+    for board, summary in sorted(got.items()):
+        save_summary(out_dir / f"summary{board}.npz", summary)
+    missing = sorted(set(range(node.spec.network.agents)) - got.keys())
+    print(f"board {node.id}: summaries of boards {sorted(got)} in {out_dir}"
+          + (f"; none from {missing} (the forecast assumes replicas of our data for them)" if missing else ""))
     return 0
 
 
