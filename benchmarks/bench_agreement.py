@@ -1,8 +1,9 @@
 """``p2pntk bench agreement``: boards tune on their own data, agree, and train together; how good is it?
 
-Eight boards on a cycle hold digits 0/1 split dirichlet:0.5 (width 512, float64). Each runs
-``predictor.tune.tune`` on its own node (its own data only) for a 60-round budget and proposes the
-chosen lr. The eight agent processes then start with their own tuned specs, agree on the minimum
+Eight boards on a cycle hold digits 0/1 split dirichlet:0.5 (width 512, float64). They first trade data
+summaries over their own links (``p2pntk summarise --exchange``, eight processes), then each runs
+``predictor.tune.tune`` on its own node (its own data and the summaries) for a 60-round budget and proposes
+the chosen lr. The eight agent processes then start with their own tuned specs, agree on the minimum
 (agent.process.agree_on_tuned_values) and train over ZeroMQ. Reported against the global view:
 - the agreed lr against the true swarm lr_max (``predictor.stability.lr_max`` on the whole swarm's kernel);
 - the swarm's mean final train loss against the best of a 12-point grid of actual runs (``simulate``)
@@ -41,10 +42,17 @@ def run(quick: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="p2pntk-agree-") as tmp:
         work = Path(tmp)
         nodes = write_node_files(swarm, work, loopback_addresses(agents), round_deadline=5.0)
+        sharing = [subprocess.Popen([sys.executable, "-m", "predictor", "summarise", str(p), "--exchange", "--out",
+                                     str(work / f"summaries{q}")], env=agent_environment(agents),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                   for q, p in enumerate(nodes)]
+        errs = [p.communicate(timeout=600)[1] for p in sharing]
+        if any(p.returncode for p in sharing):
+            raise RuntimeError(f"a summary exchange failed: {[e.strip()[-300:] for e in errs]}")
         proposals = []
         for q, path in enumerate(nodes):
             node = load_node(path)
-            choice = tune(node.spec, budget_rounds=ROUNDS, node=node)
+            choice = tune(node.spec, budget_rounds=ROUNDS, node=node, summaries=[str(work / f"summaries{q}")])
             proposals.append({"lr": choice["lr"], "lr_max_estimate": choice["lr_max"]})
             tuned = node.spec.updated({"train.lr": choice["lr"]})
             write_toml(work / f"spec{q}.toml", tuned.to_dict())

@@ -139,7 +139,8 @@ class LocalForecaster:
     def forecast(self, algorithm: str, alpha: float, rounds: int, delta_scale: float = DEFAULT_DELTA_SCALE,
                  rho: float = 0.0, batch: int | str = "full", seed: int = 0, band: bool = False,
                  observed: list[float] | None = None) -> dict:
-        """This agent's forecast: {"train_loss": [...], "test_loss": [...] (if a test set), ...}.
+        """This agent's forecast: {"train_loss": [...], "test_loss": [...] (if a test set), ...}. With summaries
+        also "swarm_train_loss", the swarm's mean train loss as this board sees it (what ``tune`` minimises then).
 
         ``band``: also "train_loss_band" {"lower", "upper"}, the 90% band of ``predictor.bands``, narrowed by
         the ``observed`` train losses of rounds 0..R if given.
@@ -148,6 +149,10 @@ class LocalForecaster:
         out = {"agent": self.q, "train_loss": curves["train_loss"][self.q], "delta_scale": delta_scale,
                "rho": rho, "assumption": SUMMARY_ASSUMPTION if self.summaries else ASSUMPTION,
                "summaries_from": sorted(self.summaries)}
+        if self.summaries:  # each other board's loss on its shared rows, plus the constant unshared remainder
+            rest = [self.summaries[r].rest_energy / (2 * self.summaries[r].n) if r in self.summaries else 0.0
+                    for r in range(len(curves["train_loss"]))]
+            out["swarm_train_loss"] = np.mean([np.asarray(c) + e for c, e in zip(curves["train_loss"], rest)], axis=0)
         if self.has_test:
             out["test_loss"] = curves["test_loss"][self.q]
             out["test_accuracy"] = curves["test_accuracy"][self.q]

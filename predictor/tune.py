@@ -185,7 +185,9 @@ class LocalRunner:
         f = self.lf.forecast(algorithm, lr, rounds, batch=self.batch, seed=self.seed)
         if objective == "test" and "test_loss" not in f:
             raise UserError("--objective test needs a test set in the node file (key test)")
-        return np.asarray(f[f"{objective}_loss"], float)
+        # With summaries a board sees the whole swarm, so it minimises the swarm's mean loss, the value every board
+        # agrees on (its own loss alone made boards with skewed data propose lrs that the minimum then imposed).
+        return np.asarray(f.get("swarm_train_loss", f["train_loss"]) if objective == "train" else f["test_loss"], float)
 
 
 def tune_table(result: dict, limit: int = 40) -> str:

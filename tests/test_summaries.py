@@ -50,6 +50,8 @@ def test_full_rotation_gives_the_exact_global_forecast(classes):
             "dgd", sw.spec.train.lr, 25)
         np.testing.assert_allclose(f["train_loss"], glob["train_loss"][q], rtol=1e-10)
         np.testing.assert_allclose(f["test_loss"], glob["test_loss"][q], rtol=1e-10)
+        # and the swarm's mean loss that tune minimises with summaries is the global mean (a rotation keeps losses)
+        np.testing.assert_allclose(f["swarm_train_loss"], np.mean(glob["train_loss"], axis=0), rtol=1e-9)
 
 
 def test_every_row_mixes_at_least_min_mix_samples_and_small_classes_share_only_a_count():
