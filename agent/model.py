@@ -209,6 +209,21 @@ def forward(cfg: ModelConfig, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
     return forward_with_cache(cfg, theta, X)[0]
 
 
+def jvp(cfg: ModelConfig, theta: np.ndarray, X: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """J v, the derivative of f(X; theta) along the parameter direction v (forward mode), shape (n, k): with
+    ``backward`` (J^T r) it applies the empirical NTK J J^T without forming it."""
+    params, tangents, scales = unflatten(cfg, theta), unflatten(cfg, np.asarray(v, theta.dtype)), layer_scales(cfg)
+    h = np.asarray(X, dtype=theta.dtype)
+    dh = np.zeros_like(h)
+    for layer in range(cfg.hidden_layers + 1):
+        W, b, dW, db = params[2 * layer], params[2 * layer + 1], tangents[2 * layer], tangents[2 * layer + 1]
+        z = _affine(h, W, b, scales[layer], cfg.b_std)
+        dz = scales[layer] * (dh @ W + h @ dW) + cfg.b_std * db
+        if layer == cfg.hidden_layers:
+            return dz
+        h, dh = activation(cfg.activation, z), activation_grad(cfg.activation, z) * dz
+
+
 def backward(cfg: ModelConfig, theta: np.ndarray, cache, h_last: np.ndarray, dF: np.ndarray) -> np.ndarray:
     """Flat gradient of sum(dF * f) with respect to theta (vector-Jacobian product)."""
     return _backward(cfg, theta, cache, h_last, dF, None)

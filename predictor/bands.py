@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.model import ModelConfig, forward, loss_and_grad
-from predictor.ntk import train_test_ntk
+from agent.model import ModelConfig, backward, forward, forward_with_cache, jvp, loss_and_grad
 
 SPREAD = 1.0
 WIDTH = 2.0
@@ -90,8 +89,23 @@ def global_band(cfg: ModelConfig, theta0: np.ndarray, X: np.ndarray, Y: np.ndarr
     samples, with the forecast's lr and rounds; h(t) = WIDTH * ``gap_growth``. (Minibatch noise is not in it.)
     """
     L = np.asarray(train_loss, float)
-    K = train_test_ntk(cfg, np.asarray(theta0, np.float64), X, X[:1])[0]
-    gap = linearisation_gap(cfg, theta0, X, Y, K, alpha, L.shape[1] - 1)
+    gap = linearisation_gap(cfg, theta0, X, Y, _KernelProducts(cfg, theta0, X), alpha, L.shape[1] - 1)
     h = WIDTH * gap_growth(gap)
     return {"level": 0.9, "lower": np.maximum(L * (1 - h), 0.0).tolist(), "upper": (L * (1 + h)).tolist(),
             "relative_half_width": h.tolist()}
+
+
+class _KernelProducts:
+    """The full empirical NTK of X (n k, n k) as products K r = J (J^T r): a backward and a forward-mode pass
+    (``agent.model.jvp``) per product, never the matrix (at ten classes building it cost seconds)."""
+
+    def __init__(self, cfg: ModelConfig, theta0: np.ndarray, X: np.ndarray) -> None:
+        self.cfg, self.theta0, self.X = cfg, np.asarray(theta0, np.float64), np.asarray(X, np.float64)
+        _, self.cache, self.h_last = forward_with_cache(cfg, self.theta0, self.X)
+
+    def __len__(self) -> int:
+        return len(self.X) * self.cfg.k
+
+    def __matmul__(self, r: np.ndarray) -> np.ndarray:
+        grad = backward(self.cfg, self.theta0, self.cache, self.h_last, r.reshape(len(self.X), self.cfg.k))
+        return jvp(self.cfg, self.theta0, self.X, grad).ravel()
