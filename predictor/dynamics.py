@@ -17,6 +17,7 @@ from coordinator_free.common.errors import UserError
 
 MAX_FLOW_STATES = 6000  # N * rank(K) above this: the dense closed form costs too much; use discrete rounds
 RTOL = 1e-10            # eigenvalues of K below RTOL * lambda_max span the null space of J^T (dropped)
+TEST_CHUNK = 16         # rounds whose test outputs operator_rounds computes in one product
 
 
 @dataclass(frozen=True)
@@ -226,12 +227,20 @@ def operator_rounds(op, algorithm: str, alpha: float, rounds: int, *, batch: int
     test = np.empty((rounds + 1, data.N, data.f0_test.size))
     f0_test = data.f0_test.ravel()
     kept: dict[int, np.ndarray] = {}
+    # test outputs for TEST_CHUNK rounds in one product: a few agents' rows at a time re-read K(X_test, X)
+    # from memory every round (the exact kernel's is (T k, M k)), which cost more than the rounds themselves
+    chunk, first = np.empty((min(TEST_CHUNK, rounds + 1), data.N, op.width)), 0
     with np.errstate(over="ignore", invalid="ignore"):
         state = alg.init(np.zeros((data.N, op.width)), grad)
         for r in range(rounds + 1):
             C = state[0]
             own[r] = grad.products(C) + data.own_f0
-            test[r] = op.apply_test(C) + f0_test
+            chunk[r - first] = C
+            if r - first + 1 == len(chunk) or r == rounds:
+                done = r - first + 1
+                test[first:r + 1] = op.apply_test(chunk[:done].reshape(done * data.N, -1)).reshape(
+                    done, data.N, -1) + f0_test
+                first = r + 1
             if r in keep:
                 kept[r] = C.copy()
             if r < rounds:

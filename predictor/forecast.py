@@ -136,7 +136,10 @@ def forecast(swarm: Swarm, mode: str = "discrete", *, kp: KernelProblem | None =
         kept_c = {r: C[r] for r in keep if 0 <= r <= rounds}
     curves = loss_curves(op.data, own, test)
     t2 = time.perf_counter()
-    lr_max = lr_max_all(kp if form == "exact" else op, include=(alg,))
+    # matrix-free (Lanczos on the operator) for every form; the dense search only where no closed form exists
+    lr_max = lr_max_all(op, include=(alg,))
+    if form == "exact" and lr_max.get(alg) is None:
+        lr_max = lr_max_all(kp, include=(alg,))
     t3 = time.perf_counter()
     if band:
         curves["train_loss_band"] = global_band(swarm.cfg, swarm.theta0, *p.agent_data(0), alpha, curves["train_loss"])
