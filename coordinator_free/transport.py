@@ -24,21 +24,23 @@ does to finished peers every 0.2 s during its handshake, and a missing neighbour
 within deadline/2 gets extra time (up to MAX_WAIT x deadline; so use deadlines > 0.4 s). Without this, one dead agent
 would make its neighbours late, their neighbours would suspect them, and so on: a cascade.
 
-Suspicion and rejoin: a suspected neighbour is no longer sent to or waited for, and its params are
-dropped. Because we stop sending, it misses our next message and suspects us too, so the live graph
-is symmetric again one round later. While suspecting, an agent sends a HELLO to its suspected
-neighbours every deadline; a valid HELLO from a suspected (or departed) neighbour re-admits it, on
-both sides, over a new connection, and on probation (sent to, not waited for) until its fresh params
-show that it hears us too: after a partition the two directions of a link come back seconds apart
-(docs/design.md, section 7, "After a partition"). An agent that suspects every neighbour is cut off itself (a partition): it waits for one
-to come back, up to the handshake timeout, instead of training alone to the end. HELLOs carry the
-sender's round: the one behind (a paused board, a restarted one) skips
-ahead to the other's round (`next_round`); before it sends anything there it hears its neighbours'
-messages of that round (`listen`) and adopts their average (agent.rounds.rejoin), so its stale
-parameters never enter the mix. The one ahead resends its last two rounds' params and waits for the
-rejoiner's. A live
-neighbour already past our round is not waited for (we catch up with it instead). A peer that sends
-BYE leaves the live set without suspicion (and may come back the same way).
+Suspicion and rejoin: a suspected neighbour is no longer sent to or waited for (its params are kept
+for when it is back). Because we stop sending, it misses our next message and suspects us too, so the
+live graph is symmetric again one round later. Every deadline an agent sends a HELLO to its suspected
+neighbours; a valid HELLO from a suspected (or departed) neighbour re-admits it, on both sides, over a
+new connection, and on probation (sent to, not waited for) until its fresh params show that it hears
+us too: after a partition the two directions of a link come back seconds apart (docs/design.md,
+section 7, "After a partition"). An agent that suspects every neighbour is cut off itself (a
+partition): it waits for one to come back, up to the handshake timeout, instead of training alone to
+the end. HELLOs carry the sender's round: the one behind (a paused board, a restarted one) skips ahead
+to the other's round (`next_round`); before it sends anything there it hears its neighbours' messages
+of that round (`listen`) and adopts their average (agent.rounds.rejoin), so its stale parameters never
+enter the mix. The one ahead resends its last two rounds' params. A live neighbour already past our
+round is not waited for (we catch up with it instead). A peer that sends BYE leaves the live set
+without suspicion (and may come back the same way).
+
+Sharing: before training, `flood` gives every agent every other agent's share (a data summary),
+relayed through the graph (docs/design.md, section 7, "Sharing summaries").
 
 A Transport is not thread-safe: use it from one thread. Received arrays are read-only views of
 the ZeroMQ frames (no copy); copy them before writing.
@@ -130,7 +132,7 @@ class Transport:
         self.catch_up = self._round  # the highest round a neighbour's HELLO reported (see next_round)
         self.rejoined: collections.Counter[int] = collections.Counter()  # re-admissions per peer
         self.probation: dict[int, int] = {}  # re-admitted peer -> the round its params must reach to confirm it
-        self._probation_since: dict[int, float] = {}  # monotonic time each peer was put on probation
+        self._probation_since: dict[int, float] = {}  # when each was put on probation (monotonic)
         self._connected_at: dict[int, float] = {}  # monotonic time each PUSH socket was (re)opened
         self._next_probe = 0.0  # monotonic time of the next HELLO to suspected peers (every deadline, see _probe)
         self._peer_round: dict[int, int] = {}  # each peer's latest known round
