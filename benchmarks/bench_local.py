@@ -1,8 +1,9 @@
 """Local forecasts against actual training (issue 13's acceptance setup): per split and data seed, the worst
 agent's trajectory error of the replica swarm and of the summary swarm (class-eigen, the default, and the
 cheaper class-mean), bytes shared per board, and the 90% band's coverage and median half-width / error: in
-sample (seeds 0-2, lr 0.5, width 1024: the runs the band's two constants were chosen on) and held out (data
-seeds 3-5; lr 0.25 and 1.0; width 512), without and with 10 observed rounds, pooled and per split.
+sample (seeds 0-2, lr 0.5, width 1024: the runs the band's rule and its one constant, SPREAD, were chosen on)
+and held out (data seeds 3-5; lr 0.25 and 1.0; width 512), without and with 10 observed rounds, pooled and per
+split.
 
     python -m benchmarks local [--quick] [--out FILE.json]      (also: p2pntk bench local)
 """

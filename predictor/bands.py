@@ -1,15 +1,17 @@
 """90% bands on forecasts (docs/predictor.md, "Bands"): from what a board does not know (the others' data beyond
 their summaries) and from the finite width, each measured rather than assumed. Arrays in, arrays out.
 
-Local forecast, relative half-width h(t) (the band is F (1 -/+ h)):
+Local forecast, relative half-width h(t) (the band is F (1 -/+ h)), two roughly independent errors in quadrature:
 
-    h(t) = SPREAD |F(t) - F_less(t)| / F(t) + WIDTH t max_{1 <= s <= t} gap(s) / s
+    h(t) = sqrt( (SPREAD |F(t) - F_less(t)| / F(t))^2 + (2 sqrt(x(t)) + x(t))^2 ),   x(t) = max_{s <= t} E(s) / F(t)
 
-F is the forecast, F_less the forecast with less knowledge (summaries without their eigen rows, replicas at
-rho = 1), and gap the relative distance between the board's own nonlinear and linearised gradient descent
-(``linearisation_gap``). Own gradient descent fits its few samples and its gap stops growing, while the swarm
-keeps training on everyone's data, so the width term extrapolates the gap's steepest growth rate over the
-horizon. Observed rounds 0..R re-anchor the forecast on obs(R) and leave h(t) - h(R) (``band``).
+F is the forecast and F_less the forecast with every summary's last row dropped (replicas at rho = 1): if the
+forecast converges as rows are added, the last row's increment measures what the unshared rows still hold.
+E is the board's own finite-width error in output space: ||f_nonlinear - f_linearised||^2 / (2 n) along its own
+gradient descent (``output_gap``). A loss L = ||r||^2 / (2 n) whose residual moves by e changes by
+|<r, e> / n + ||e||^2 / (2 n)| <= 2 sqrt(L E) + E, hence the second term, with F as L. Observed rounds 0..R
+re-anchor the forecast on obs(R) and leave sqrt(h(t)^2 - h(R)^2), the error the terms add after R (``band``).
+The global forecast's band (``global_band``) is WIDTH * ``gap_growth`` of the loss gap (``linearisation_gap``).
 """
 from __future__ import annotations
 
@@ -17,8 +19,27 @@ import numpy as np
 
 from agent.model import ModelConfig, backward, forward, forward_with_cache, jvp, loss_and_grad
 
-SPREAD = 1.0
+SPREAD = 2.0
 WIDTH = 2.0
+
+
+def _own_descent(cfg: ModelConfig, theta0: np.ndarray, X: np.ndarray, Y: np.ndarray, K: np.ndarray,
+                 alpha: float, rounds: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(L_nonlinear, L_linear, E), t = 0..rounds, for gradient descent on (X, Y) alone, nonlinear and
+    linearised; E(t) = ||f_nonlinear(X) - f_linearised(X)||^2 / (2 n). K as in ``linearisation_gap``."""
+    theta = np.asarray(theta0, np.float64).copy()
+    Y = np.asarray(Y, np.float64)
+    n, k = Y.shape
+    R = forward(cfg, theta, X) - Y
+    out = np.empty((3, rounds + 1))
+    with np.errstate(over="ignore", invalid="ignore"):
+        for t in range(rounds + 1):
+            value, grad = loss_and_grad(cfg, theta, X, Y)
+            D = forward(cfg, theta, X) - Y - R
+            out[:, t] = value, float(np.vdot(R, R)) / (2 * n), float(np.vdot(D, D)) / (2 * n)
+            theta -= alpha * grad
+            R = R - alpha / n * ((K @ R.ravel()).reshape(n, k) if len(K) == n * k else K @ R)
+    return out[0], out[1], out[2]
 
 
 def linearisation_gap(cfg: ModelConfig, theta0: np.ndarray, X: np.ndarray, Y: np.ndarray, K: np.ndarray,
@@ -27,19 +48,17 @@ def linearisation_gap(cfg: ModelConfig, theta0: np.ndarray, X: np.ndarray, Y: np
 
     K is the empirical NTK of X, (n k, n k), or its output-traced (n, n) form (then applied per output).
     """
-    theta = np.asarray(theta0, np.float64).copy()
-    Y = np.asarray(Y, np.float64)
-    n, k = Y.shape
-    R = forward(cfg, theta, X) - Y
-    out = np.empty(rounds + 1)
-    with np.errstate(over="ignore", invalid="ignore"):
-        for t in range(rounds + 1):
-            value, grad = loss_and_grad(cfg, theta, X, Y)
-            linear = float(np.vdot(R, R)) / (2 * n)
-            out[t] = abs(value - linear) / linear if linear > 0 else 0.0
-            theta -= alpha * grad
-            R = R - alpha / n * ((K @ R.ravel()).reshape(n, k) if len(K) == n * k else K @ R)
+    nonlinear, linear, _ = _own_descent(cfg, theta0, X, Y, K, alpha, rounds)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(linear > 0, np.abs(nonlinear - linear) / linear, 0.0)
     return np.nan_to_num(out, nan=np.inf)
+
+
+def output_gap(cfg: ModelConfig, theta0: np.ndarray, X: np.ndarray, Y: np.ndarray, K: np.ndarray,
+               alpha: float, rounds: int) -> np.ndarray:
+    """E(t) = ||f_nonlinear(X) - f_linearised(X)||^2 / (2 n), t = 0..rounds, along gradient descent on (X, Y)
+    alone (the finite-width error in output space, in loss units). K as in ``linearisation_gap``."""
+    return np.nan_to_num(_own_descent(cfg, theta0, X, Y, K, alpha, rounds)[2], nan=np.inf)
 
 
 def gap_growth(gap) -> np.ndarray:
@@ -51,22 +70,34 @@ def gap_growth(gap) -> np.ndarray:
     return np.maximum.accumulate(rate) * t
 
 
-def relative_half_width(center, less, gap) -> np.ndarray:
+def width_term(center, out_gap) -> np.ndarray:
+    """2 sqrt(x) + x, x(t) = max_{s <= t} E(s) / F(t): the bound on |L_nonlinear - L_linear| / L of the module
+    docstring, with the board's own output gap E (``output_gap``) as the residual's move. The running maximum:
+    own descent converges and its E can shrink, while the swarm keeps moving away from theta_0."""
+    F = np.asarray(center, float)
+    E = np.maximum.accumulate(np.asarray(out_gap, float))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = np.where(F > 0, E / F, 0.0)
+    return 2 * np.sqrt(x) + x
+
+
+def relative_half_width(center, less, out_gap) -> np.ndarray:
     """h(t) of the module docstring: the band's half-width as a fraction of the forecast."""
     F, G = np.asarray(center, float), np.asarray(less, float)
     with np.errstate(divide="ignore", invalid="ignore"):
-        spread = np.where(F > 0, np.abs(F - G) / F, 0.0)
-    return SPREAD * spread + WIDTH * gap_growth(gap)
+        spread = SPREAD * np.where(F > 0, np.abs(F - G) / F, 0.0)
+    return np.hypot(spread, width_term(F, out_gap))
 
 
-def band(center, less, gap, observed=None) -> tuple[np.ndarray, np.ndarray]:
-    """(lower, upper) per round of the 90% band around ``center``.
+def band(center, less, out_gap, observed=None) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper) per round of the 90% band around ``center`` (``less``: F_less, ``out_gap``: E).
 
     ``observed`` losses at rounds 0..R (recalibration) narrow it: those rounds are the band, and beyond R the
-    forecast is rescaled to pass through obs(R) with the relative half-width h(t) - h(R), what the error terms
-    add after R. Relative, not absolute: the loss decays, so an absolute half[R] would swallow every later one.
+    forecast is rescaled to pass through obs(R) with the relative half-width sqrt(h(t)^2 - h(R)^2), what the
+    error terms add after R when the error at R is known (the terms add in quadrature, so their increments do).
+    Relative, not absolute: the loss decays, so an absolute half[R] would swallow every later one.
     """
-    h = relative_half_width(center, less, gap)
+    h = relative_half_width(center, less, out_gap)
     return anchored_band(np.asarray(center, float), h, observed)
 
 
@@ -77,7 +108,7 @@ def anchored_band(F: np.ndarray, h: np.ndarray, observed=None) -> tuple[np.ndarr
         obs = np.asarray(observed, float)
         R = min(len(obs), len(F)) - 1
         F *= obs[R] / F[R] if F[R] > 0 else 1.0
-        h = np.where(np.arange(len(F)) <= R, 0.0, np.maximum(h - h[R], 0.0))
+        h = np.where(np.arange(len(F)) <= R, 0.0, np.sqrt(np.maximum(h * h - h[R] ** 2, 0.0)))
         F[:R + 1] = obs[:R + 1]
     return np.maximum(F * (1 - h), 0.0), F * (1 + h)
 

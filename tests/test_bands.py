@@ -1,5 +1,6 @@
-"""The 90% bands of predictor.bands: the linearisation gap against torch autograd, containment, recalibration,
-and the global forecast's band in predict's results."""
+"""The 90% bands of predictor.bands: the linearisation gaps (loss and output space) against torch autograd, the
+width term against the loss change of a perturbed residual, containment, recalibration, and the global
+forecast's band in predict's results."""
 import json
 
 import numpy as np
@@ -8,7 +9,8 @@ import pytest
 from agent.model import ModelConfig, init_params
 from agent.spec import load_spec
 from agent.swarm import Swarm
-from predictor.bands import anchored_band, band, gap_growth, linearisation_gap, relative_half_width
+from predictor.bands import (anchored_band, band, gap_growth, linearisation_gap, output_gap, relative_half_width,
+                             width_term)
 from predictor.cli import main
 from predictor.forecast import forecast
 from predictor.ntk import train_test_ntk
@@ -17,9 +19,10 @@ from tests.torch_reference import half_mse, mlp, torch
 pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
-def test_linearisation_gap_matches_torch_autograd_nonlinear_and_linearised_descent():
+def test_linearisation_gaps_match_torch_autograd_nonlinear_and_linearised_descent():
     """Reference: nonlinear GD with autograd gradients, and GD on the first-order Taylor model
-    f0 + J (theta - theta0) with J from torch.func.jacrev; the gap is |L_nl - L_lin| / L_lin."""
+    f0 + J (theta - theta0) with J from torch.func.jacrev; the gap is |L_nl - L_lin| / L_lin, the output gap
+    ||f_nl - f_lin||^2 / (2 n)."""
     cfg = ModelConfig(kind="mlp", d=5, k=2, width=16, depth=1, activation="tanh", w_std=1.0, b_std=0.1, seed=3)
     theta0 = init_params(cfg, np.float64)
     rng = np.random.default_rng(0)
@@ -27,13 +30,14 @@ def test_linearisation_gap_matches_torch_autograd_nonlinear_and_linearised_desce
     alpha, rounds = 0.3, 12
     K = train_test_ntk(cfg, theta0, X, X[:1])[0]
     gap = linearisation_gap(cfg, theta0, X, Y, K, alpha, rounds)
+    E = output_gap(cfg, theta0, X, Y, K, alpha, rounds)
 
     model = {"kind": "mlp", "depth": 1, "width": 16, "activation": "tanh", "w_std": 1.0, "b_std": 0.1}
     Xt, Yt, t0 = torch.tensor(X), torch.tensor(Y), torch.tensor(theta0)
     f = lambda th: mlp(th, Xt, 5, 2, model)  # noqa: E731
     J = torch.func.jacrev(f)(t0).reshape(-1, len(t0))
     f0 = f(t0)
-    nl, lin, ref = t0.clone(), t0.clone(), []
+    nl, lin, ref, ref_E = t0.clone(), t0.clone(), [], []
     for _ in range(rounds + 1):
         th = nl.clone().requires_grad_(True)
         L_nl = half_mse(f(th), Yt)
@@ -42,9 +46,12 @@ def test_linearisation_gap_matches_torch_autograd_nonlinear_and_linearised_desce
         L_lin = half_mse(f0 + (J @ (th_l - t0)).reshape(6, 2), Yt)
         (g_l,) = torch.autograd.grad(L_lin, th_l)
         ref.append(abs(L_nl.item() - L_lin.item()) / L_lin.item())
+        with torch.no_grad():
+            ref_E.append(((f(nl) - f0 - (J @ (lin - t0)).reshape(6, 2)) ** 2).sum().item() / (2 * 6))
         nl, lin = nl - alpha * g, lin - alpha * g_l
     np.testing.assert_allclose(gap, ref, rtol=1e-8, atol=1e-14)
-    assert gap[0] == 0 and gap[-1] > 0
+    np.testing.assert_allclose(E, ref_E, rtol=1e-6, atol=1e-18)
+    assert gap[0] == 0 and gap[-1] > 0 and E[0] == 0 and E[-1] > 0
 
 
 def test_gap_growth_extrapolates_the_steepest_rate():
@@ -52,10 +59,34 @@ def test_gap_growth_extrapolates_the_steepest_rate():
     assert np.all(np.diff(gap_growth(np.random.default_rng(1).random(30))) >= 0)
 
 
+def test_width_term_bounds_the_loss_change_of_a_moved_residual_and_is_tight_along_it():
+    """Reference: L = ||r||^2 / (2 n) computed directly for residuals r + e with ||e||^2 / (2 n) = E."""
+    rng = np.random.default_rng(2)
+    n = 30
+    for _ in range(20):
+        r = rng.standard_normal(n)
+        e = rng.standard_normal(n) * rng.uniform(1e-3, 1.0)
+        L, E = r @ r / (2 * n), e @ e / (2 * n)
+        moved = (r + e) @ (r + e) / (2 * n)
+        assert abs(moved - L) / L <= width_term([L], [E])[0] * (1 + 1e-12)
+        along = r * (1 + np.sqrt(E / L))                   # e parallel to r: the bound is reached
+        np.testing.assert_allclose(abs(along @ along / (2 * n) - L) / L, width_term([L], [E])[0], rtol=1e-12)
+    # the output gap's running maximum counts, over the forecast at each round
+    np.testing.assert_allclose(width_term([1.0, 0.5, 0.25], [0.0, 0.01, 0.0]),
+                               [0.0, 2 * np.sqrt(0.02) + 0.02, 2 * np.sqrt(0.04) + 0.04], rtol=1e-12)
+
+
+def test_spread_and_width_add_in_quadrature():
+    F, less, E = np.array([1.0, 0.8]), np.array([1.0, 0.86]), np.array([0.0, 0.0036])
+    # spread 2 * 0.06 / 0.8 = 0.15; width 2 sqrt(0.0045) + 0.0045
+    w = 2 * np.sqrt(0.0045) + 0.0045
+    np.testing.assert_allclose(relative_half_width(F, less, E), [0.0, np.sqrt(0.15 ** 2 + w ** 2)], rtol=1e-12)
+
+
 def _curves(rounds=40):
     t = np.arange(rounds + 1)
     F = np.exp(-0.05 * t)
-    return F, F * (1 + 0.002 * t), np.minimum(0.001 * t, 0.02)
+    return F, F * (1 + 0.002 * t), np.minimum(1e-6 * t, 2e-5)
 
 
 def test_band_contains_the_forecast_and_its_half_width_is_relative():
@@ -81,12 +112,13 @@ def test_recalibrated_band_holds_the_observed_rounds_exactly_and_is_narrower_bey
     assert np.all(hi2[11:] > lo2[11:])                                           # but never empty after R
 
 
-def test_anchored_band_subtracts_relative_not_absolute_width():
-    """The loss decays: an absolute half-width at R would exceed every later one and empty the band."""
+def test_anchored_band_subtracts_relative_not_absolute_width_in_quadrature():
+    """The loss decays: an absolute half-width at R would exceed every later one and empty the band. The terms
+    add in quadrature, so what is left after R is sqrt(h^2 - h(R)^2)."""
     t = np.arange(21)
     F, h = np.exp(-0.3 * t), 0.01 * t
     lo, hi = anchored_band(F, h, observed=F[:6])
-    np.testing.assert_allclose((hi - lo)[6:] / 2 / F[6:], h[6:] - h[5], rtol=1e-12)
+    np.testing.assert_allclose((hi - lo)[6:] / 2 / F[6:], np.sqrt(h[6:] ** 2 - h[5] ** 2), rtol=1e-12)
 
 
 def _swarm(*overrides):
