@@ -59,9 +59,10 @@ def test_inventories_in_text_and_toml_agree_and_ids_follow_the_lines(tmp_path):
                                                             (1, "tcp://10.77.0.2:6000", None)]
 
 
-def _bundles(tmp_path, rounds: int, extra=(), boards: int = 4):
+def _bundles(tmp_path, rounds: int, extra=(), boards: int = 4, deadline: float = 1.0):
     inv = _inventory(tmp_path, "".join(f"{i} 10.77.0.{i + 1}\n" for i in range(boards)))
-    proc = _cli("fleet", "init", str(inv), "--rehearsal-data", "--round-deadline", "1", "--out", str(tmp_path / "b"),
+    proc = _cli("fleet", "init", str(inv), "--rehearsal-data", "--round-deadline", str(deadline), "--out",
+                str(tmp_path / "b"),
                 "--set", f"train.rounds={rounds}", *SMALL, *extra)
     assert proc.returncode == 0, proc.stderr
     return tmp_path / "b"
@@ -103,16 +104,18 @@ def test_from_a_four_line_inventory_to_a_rehearsed_swarm_that_matches_simulate(t
 
 @needs_netns
 def test_a_link_down_for_three_deadlines_recovers_through_rejoin(tmp_path, capsys):
-    """Board 2 of 8 has its link cut for 3x the deadline at round 15 of 50 (uplinks shaped at 1 Mbit/s, so
-    rounds take about 0.35 s and it misses about 9): its neighbours suspect it, re-admit it, and every final
-    loss stays within 2% of a fault-free rehearsal, with nobody suspected at the end.
+    """Board 2 of 8 has its link cut for 3x the deadline (6 s, deadline 2 s) at round 15 of 50 (uplinks shaped
+    at 1 Mbit/s, so rounds take about 0.35 s and it misses about 17): its neighbours suspect it, re-admit it,
+    and every final loss stays within 2% of a fault-free rehearsal, with nobody suspected at the end.
 
-    Measured: 0.63-0.77% in 14 runs out of 14. Before re-admitted peers were put on probation and given a
-    new connection (design.md, 7. After a partition), TCP's retransmission backoff made a healed link flap
-    and some runs ended 4-17% off."""
+    Measured: 0.91-1.28% (deadline 2 s, also with two matrix products hogging both cores); with a 1 s
+    deadline and a 3 s cut 0.63-0.77% in 14 runs of 14, but once 6% when other heavy jobs shared the
+    machine, so the test leaves a scheduling hiccup more room. Before re-admitted peers were put on
+    probation and given a new connection (design.md, 7. After a partition), TCP's retransmission backoff
+    made a healed link flap and some runs ended 4-17% off."""
     finals = {}
-    for name, faults in (("clean", []), ("partition", ["--fault", "partition:2@15:3"])):
-        root = _bundles(tmp_path / name, 50, boards=8)
+    for name, faults in (("clean", []), ("partition", ["--fault", "partition:2@15:6"])):
+        root = _bundles(tmp_path / name, 50, boards=8, deadline=2.0)
         proc = _cli("rehearse", str(root), "--quiet", "--link", "1", *faults)
         assert proc.returncode == 0, proc.stderr
         finals[name] = [json.loads((root / f"board-{q}" / "results.json").read_text()) for q in range(8)]
@@ -120,7 +123,7 @@ def test_a_link_down_for_three_deadlines_recovers_through_rejoin(tmp_path, capsy
                 for f, c in zip(finals["partition"], finals["clean"]))
     rejoined = [r["rejoined"] for r in finals["partition"]]
     with capsys.disabled():
-        print(f"\n  link of board 2 of 8 down 3 s (3x the deadline): re-admissions {rejoined}, "
+        print(f"\n  link of board 2 of 8 down 6 s (3x the deadline): re-admissions {rejoined}, "
               f"worst final loss vs fault-free {100 * worst:.2f}%")
     assert rejoined[1].get("2", 0) >= 1 and rejoined[3].get("2", 0) >= 1
     assert all(not r["suspected"] for r in finals["partition"])
