@@ -11,7 +11,7 @@ E is the board's own finite-width error in output space: ||f_nonlinear - f_linea
 gradient descent (``output_gap``). A loss L = ||r||^2 / (2 n) whose residual moves by e changes by
 |<r, e> / n + ||e||^2 / (2 n)| <= 2 sqrt(L E) + E, hence the second term, with F as L. Observed rounds 0..R
 re-anchor the forecast on obs(R) and leave sqrt(h(t)^2 - h(R)^2), the error the terms add after R (``band``).
-The global forecast's band (``global_band``) is WIDTH * ``gap_growth`` of the loss gap (``linearisation_gap``).
+The global forecast's band (``global_band``) is the second term alone: it knows all the data.
 """
 from __future__ import annotations
 
@@ -20,54 +20,27 @@ import numpy as np
 from agent.model import ModelConfig, backward, forward, forward_with_cache, jvp, loss_and_grad
 
 SPREAD = 2.0
-WIDTH = 2.0
 
 
-def _own_descent(cfg: ModelConfig, theta0: np.ndarray, X: np.ndarray, Y: np.ndarray, K: np.ndarray,
-                 alpha: float, rounds: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(L_nonlinear, L_linear, E), t = 0..rounds, for gradient descent on (X, Y) alone, nonlinear and
-    linearised; E(t) = ||f_nonlinear(X) - f_linearised(X)||^2 / (2 n). K as in ``linearisation_gap``."""
+def output_gap(cfg: ModelConfig, theta0: np.ndarray, X: np.ndarray, Y: np.ndarray, K, alpha: float,
+               rounds: int) -> np.ndarray:
+    """E(t) = ||f_nonlinear(X) - f_linearised(X)||^2 / (2 n), t = 0..rounds, along gradient descent on (X, Y)
+    alone, nonlinear and linearised (the finite-width error in output space, in loss units). K is the empirical
+    NTK of X: an (n k, n k) matrix, its output-traced (n, n) form (then applied per output), or anything with
+    ``len`` and ``@`` (``_KernelProducts``)."""
     theta = np.asarray(theta0, np.float64).copy()
     Y = np.asarray(Y, np.float64)
     n, k = Y.shape
     R = forward(cfg, theta, X) - Y
-    out = np.empty((3, rounds + 1))
+    out = np.empty(rounds + 1)
     with np.errstate(over="ignore", invalid="ignore"):
         for t in range(rounds + 1):
-            value, grad = loss_and_grad(cfg, theta, X, Y)
+            _, grad = loss_and_grad(cfg, theta, X, Y)
             D = forward(cfg, theta, X) - Y - R
-            out[:, t] = value, float(np.vdot(R, R)) / (2 * n), float(np.vdot(D, D)) / (2 * n)
+            out[t] = float(np.vdot(D, D)) / (2 * n)
             theta -= alpha * grad
             R = R - alpha / n * ((K @ R.ravel()).reshape(n, k) if len(K) == n * k else K @ R)
-    return out[0], out[1], out[2]
-
-
-def linearisation_gap(cfg: ModelConfig, theta0: np.ndarray, X: np.ndarray, Y: np.ndarray, K: np.ndarray,
-                      alpha: float, rounds: int) -> np.ndarray:
-    """|L_nonlinear(t) - L_linear(t)| / L_linear(t), t = 0..rounds, for gradient descent on (X, Y) alone.
-
-    K is the empirical NTK of X, (n k, n k), or its output-traced (n, n) form (then applied per output).
-    """
-    nonlinear, linear, _ = _own_descent(cfg, theta0, X, Y, K, alpha, rounds)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.where(linear > 0, np.abs(nonlinear - linear) / linear, 0.0)
     return np.nan_to_num(out, nan=np.inf)
-
-
-def output_gap(cfg: ModelConfig, theta0: np.ndarray, X: np.ndarray, Y: np.ndarray, K: np.ndarray,
-               alpha: float, rounds: int) -> np.ndarray:
-    """E(t) = ||f_nonlinear(X) - f_linearised(X)||^2 / (2 n), t = 0..rounds, along gradient descent on (X, Y)
-    alone (the finite-width error in output space, in loss units). K as in ``linearisation_gap``."""
-    return np.nan_to_num(_own_descent(cfg, theta0, X, Y, K, alpha, rounds)[2], nan=np.inf)
-
-
-def gap_growth(gap) -> np.ndarray:
-    """t max_{1 <= s <= t} gap(s) / s: the gap extrapolated at its steepest growth rate so far (0 at t = 0)."""
-    g = np.asarray(gap, float)
-    t = np.arange(len(g), dtype=float)
-    rate = np.zeros(len(g))
-    rate[1:] = g[1:] / t[1:]
-    return np.maximum.accumulate(rate) * t
 
 
 def width_term(center, out_gap) -> np.ndarray:
@@ -116,12 +89,12 @@ def anchored_band(F: np.ndarray, h: np.ndarray, observed=None) -> tuple[np.ndarr
 def global_band(cfg: ModelConfig, theta0: np.ndarray, X: np.ndarray, Y: np.ndarray, alpha: float,
                 train_loss) -> dict:
     """The 90% band of the global forecast (every agent's train loss, (N, rounds + 1)), which knows all the
-    data: its remaining error is the finite width, measured as ``linearisation_gap`` on (X, Y), one agent's
-    samples, with the forecast's lr and rounds; h(t) = WIDTH * ``gap_growth``. (Minibatch noise is not in it.)
-    """
+    data: its remaining error is the finite width, so h = ``width_term`` of each agent's forecast with the
+    output gap E measured on (X, Y), one agent's samples, at the forecast's lr and rounds (the same term as
+    the local band's). Minibatch noise is not in it."""
     L = np.asarray(train_loss, float)
-    gap = linearisation_gap(cfg, theta0, X, Y, _KernelProducts(cfg, theta0, X), alpha, L.shape[1] - 1)
-    h = WIDTH * gap_growth(gap)
+    E = output_gap(cfg, theta0, X, Y, _KernelProducts(cfg, theta0, X), alpha, L.shape[1] - 1)
+    h = np.stack([width_term(agent, E) for agent in L])
     return {"level": 0.9, "lower": np.maximum(L * (1 - h), 0.0).tolist(), "upper": (L * (1 + h)).tolist(),
             "relative_half_width": h.tolist()}
 

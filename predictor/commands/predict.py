@@ -85,7 +85,7 @@ def run(args) -> int:
             b = results["train_loss_band"]
             print(f"90% band of the final train loss (finite width, {results['timings']['band_s']:.3f}s): "
                   f"agent 0 {b['lower'][0][-1]:.4g} .. {b['upper'][0][-1]:.4g}, "
-                  f"half-width {b['relative_half_width'][-1]:.1%} of the forecast")
+                  f"half-width {b['relative_half_width'][0][-1]:.1%} of the forecast")
         if results["stable"] is False:
             print(f"warning: train.lr = {t.lr} exceeds lr_max = {lr[t.algorithm]:.4g} for "
                   f"{t.algorithm.upper()}: the rounds diverge", file=sys.stderr)
