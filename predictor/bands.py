@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.model import ModelConfig, backward, forward, forward_with_cache, jvp, loss_and_grad
+from agent.model import ModelConfig, backward, forward, forward_with_cache, jvp
 
 SPREAD = 2.0
 
@@ -35,10 +35,10 @@ def output_gap(cfg: ModelConfig, theta0: np.ndarray, X: np.ndarray, Y: np.ndarra
     out = np.empty(rounds + 1)
     with np.errstate(over="ignore", invalid="ignore"):
         for t in range(rounds + 1):
-            _, grad = loss_and_grad(cfg, theta, X, Y)
-            D = forward(cfg, theta, X) - Y - R
+            F, cache, h_last = forward_with_cache(cfg, theta, X)
+            D = F - Y - R  # nonlinear minus linearised residual
             out[t] = float(np.vdot(D, D)) / (2 * n)
-            theta -= alpha * grad
+            theta -= alpha * backward(cfg, theta, cache, h_last, (F - Y) / n)
             R = R - alpha / n * ((K @ R.ravel()).reshape(n, k) if len(K) == n * k else K @ R)
     return np.nan_to_num(out, nan=np.inf)
 
