@@ -157,7 +157,7 @@ def summarise(cfg: ModelConfig, theta0: np.ndarray, X: np.ndarray, Y: np.ndarray
 
 
 def save_summary(path: str | Path, s: Summary) -> Path:
-    """Write ``s`` as .npz: arrays only (no pickle), metadata as small integer/float/string arrays."""
+    """Write ``s`` as .npz: arrays only (no Python objects), metadata as small integer/float/string arrays."""
     return write_npz(path, format=np.array(FORMAT), board=np.array(s.board), kind=np.array(s.kind),
                      rows=s.rows, targets=s.targets, row_label=s.row_label, n=np.array(s.n), k=np.array(s.k),
                      class_counts=s.class_counts, rest_trace=np.array(s.rest_trace),
