@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import scipy.linalg as sl
 
 Arrays = tuple[np.ndarray, ...]
 GradAt = Callable[[np.ndarray], np.ndarray]   # x -> grad L_q(x) (stacked: row q uses L_q)
@@ -181,7 +180,7 @@ def _gt_linearised(W: np.ndarray, H: np.ndarray, B0: np.ndarray, alpha: float) -
     N = len(W)
     r = H.shape[0] // N
     Wx, I = _wx(W, r), np.eye(N * r)
-    Vx = np.kron(sl.null_space(np.ones((1, N))), np.eye(r))  # (N r, (N-1) r)
+    Vx = np.kron(np.linalg.svd(np.ones((1, N)))[2][1:].T, np.eye(r))  # (N r, (N-1) r): 1-perp, orthonormal
     D = Vx.T @ (Wx - I)
     A = np.block([[Wx - alpha * H, -alpha * Vx], [D @ H, Vx.T @ Wx @ Vx]])
     B = np.vstack([alpha * B0, -(D @ B0)])

@@ -15,7 +15,6 @@ import threading
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import special
 
 from coordinator_free.common.errors import UserError
 
@@ -108,6 +107,7 @@ def activation(name: str, z: np.ndarray, out: np.ndarray | None = None) -> np.nd
         return np.maximum(z, 0, out=out)
     if name == "tanh":
         return np.tanh(z, out=out)
+    from scipy import special  # here, not at the top: scipy costs a third of a second of import
     return special.erf(z, out=out)
 
 

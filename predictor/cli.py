@@ -1,5 +1,9 @@
 """The ``p2pntk`` command line: one subcommand per user task, each in ``predictor/commands/``.
 
+Only the chosen command's module is imported (``p2pntk predict`` never loads ZeroMQ, onnxruntime or the
+fleet tools): a whole ``predict`` run is about a second, and imports were half of it. ``p2pntk --help``, or
+a name that is no command, imports them all, so argparse lists every command and suggests the close ones.
+
 User errors (UserError, a missing file) print one line ``p2pntk: error: ...`` and exit with
 status 2, without a traceback; the other statuses are in ``coordinator_free.common.errors``.
 Ctrl-C exits with 130 and SIGTERM with 143, after the commands have cleaned up.
@@ -7,16 +11,19 @@ Ctrl-C exits with 130 and SIGTERM with 143, after the commands have cleaned up.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from importlib import metadata
 
 from coordinator_free.common.errors import Diverged, SwarmIncomplete, Terminated, UserError, exit_status, sigterm_unwinds
-from predictor.commands import (bench, compare, demo, export_onnx, fleet, keys, loopback, predict, profiles,
-                                reproduce, simulate, stability, tune)
 
-# Each module defines register(subparsers), which sets ``func`` on its parser; this is the help order.
-COMMANDS = (demo, simulate, predict, stability, compare, reproduce, bench, export_onnx, loopback, keys, profiles,
-            tune, fleet)
+# The modules of predictor/commands in help order, each with the subcommands its register(subparsers) adds
+# (and sets ``func`` on); tests/test_cli.py checks that these names are exactly what the modules register.
+COMMANDS = {"demo": ("demo",), "simulate": ("simulate",), "predict": ("predict",), "stability": ("stability",),
+            "compare": ("compare",), "reproduce": ("reproduce",), "bench": ("bench",),
+            "export_onnx": ("export-onnx",), "loopback": ("loopback", "agent"), "keys": ("keys",),
+            "profiles": ("profiles",), "tune": ("tune", "predict-local", "summarise"),
+            "fleet": ("fleet", "rehearse")}
 
 
 def version() -> str:
@@ -27,7 +34,18 @@ def version() -> str:
         return "unknown (not installed)"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _modules_for(argv: list[str] | None) -> list[str]:
+    """The command modules to import for ``argv``: the one that owns its subcommand; none for a bare
+    ``--version``; else all of them."""
+    first = next((a for a in (argv or []) if not a.startswith("-")), None)
+    if argv and first is None and "--version" in argv and not {"-h", "--help"} & set(argv):
+        return []
+    owner = [module for module, names in COMMANDS.items() if first in names]
+    return owner or list(COMMANDS)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv`` (only its subcommand registered), or with every subcommand (argv None)."""
     parser = argparse.ArgumentParser(
         prog="p2pntk",
         description="Peer-to-peer training of wide networks over ZeroMQ, with NTK forecasts of every agent's loss.")
@@ -35,13 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the version of p2p-ntk and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for command in COMMANDS:
-        command.register(sub)
+    for module in _modules_for(argv):
+        importlib.import_module(f"predictor.commands.{module}").register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         with sigterm_unwinds():  # SIGTERM unwinds like Ctrl-C: the loopback launcher stops every agent it started

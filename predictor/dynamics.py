@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-import scipy.linalg as sl
 
 from agent.algorithms import ALGORITHMS, Algorithm, swarm_step
 from agent.local import batch_indices
@@ -294,6 +293,7 @@ def reduced_system(kp: KernelProblem, algorithm: str, alpha: float) -> ReducedSy
     the gradient is H x - B0 u). DGD: A = W(x)I - alpha H,  ATC: A = (W(x)I)(I - alpha H),
     CTA: A = (I - alpha H)(W(x)I); GT: see ``agent.algorithms``.
     """
+    import scipy.linalg as sl  # scipy only where it is used: its import is a third of a whole predict run
     alg = algorithm_record(algorithm)
     R, R_inv = kp.basis
     idx, valid = kp.agent_rows()
@@ -315,7 +315,7 @@ def eigen_factors(A: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if np.allclose(A, A.T, rtol=0, atol=1e-13 * max(np.abs(A).max(), 1.0)):
         lam, Q = np.linalg.eigh(0.5 * (A + A.T))
         return lam, Q, Q.T
-    lam, Q = sl.eig(A)
+    lam, Q = np.linalg.eig(A)
     return lam, Q, np.linalg.solve(Q, np.eye(len(lam)))
 
 
@@ -356,6 +356,7 @@ class Flow:
         """Phi(t, t0) = expm((A - I)(t - t0)): (n, n) for a scalar t, (len(t), n, n) for an array."""
         tau = np.atleast_1d(np.asarray(t, dtype=float)) - t0
         if self.factors is None:
+            import scipy.linalg as sl
             out = np.stack([sl.expm((self.system.A - np.eye(self.n)) * s) for s in tau])
         else:
             lam, Q, Qi = self.factors
@@ -368,6 +369,7 @@ class Flow:
         Bu = self.system.B @ self.system.u
         z0 = np.zeros(self.n) if z0 is None else z0
         if self.factors is None:
+            import scipy.linalg as sl
             Mx = np.zeros((self.n + 1, self.n + 1))  # augmented [[A - I, Bu], [0, 0]] carries the input
             Mx[:-1, :-1], Mx[:-1, -1] = self.system.A - np.eye(self.n), Bu
             x0 = np.append(z0, 1.0)

@@ -25,14 +25,24 @@ class FactoredOperator:
     the residual). A state row is (D, k) row-major; a vector of outputs is (m, k) row-major, the vec layout
     of ``SwarmData``. ``basis`` = (samples, T_c): the state's c-coefficients live on those training
     samples, c = T_c z (None: the state is c).
+
+    The terms are stored one above the other, own (N, terms m, D) and test (terms T, D), in the kernel's
+    dtype, and each term's mixing Omega_t acts on its outputs ((Theta X) Omega = Theta (X Omega)): a round is
+    one batched product that reads the kernel once. That read is the round's cost, so a float32 kernel (the
+    board default) halves it; the state and the outputs stay float64, and the products' float32 rounding
+    (~1e-6 of an output) is far below what the kernel's form itself changes.
     """
 
     def __init__(self, data: SwarmData, terms: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
-                 scatter: bool, basis: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-        self.data, self.terms, self.scatter, self.basis = data, terms, scatter, basis
+                 scatter: bool, basis: tuple[np.ndarray, np.ndarray] | None = None, dtype=None) -> None:
+        self.data, self.scatter, self.basis = data, scatter, basis
+        self.dtype = np.dtype(dtype or terms[0][0].dtype)
         self.D = terms[0][0].shape[2]
-        self.columns = terms[0][2].shape[0] if terms[0][2] is not None else data.k
+        self.mixings = [Om for _, _, Om in terms]
+        self.columns = self.mixings[0].shape[0] if self.mixings[0] is not None else data.k
         self.width = self.D * self.columns
+        self.own = _stacked([own for own, _, _ in terms], 1, self.dtype)
+        self.test = _stacked([test for _, test, _ in terms], 0, self.dtype)
         idx, valid = data.agent_rows()
         self._samples = np.where(valid[:, ::data.k], idx[:, ::data.k] // data.k, len(data.Y))
 
@@ -42,37 +52,39 @@ class FactoredOperator:
         sum_t Theta_t (x) Omega_t is that of sum_t omega_t Theta_t). ``stability.operator_lr_max`` uses it."""
         def top(Om: np.ndarray | None) -> np.ndarray:
             return np.ones((1, 1)) if Om is None else np.linalg.eigvalsh(Om)[-1:].reshape(1, 1)
-        return FactoredOperator(self.data, [(own, test, top(Om)) for own, test, Om in self.terms], self.scatter)
+        out = object.__new__(FactoredOperator)
+        out.__dict__.update(self.__dict__, mixings=[top(Om) for Om in self.mixings], columns=1, width=self.D)
+        return out
 
-    def _mixed(self, X: np.ndarray, Om: np.ndarray | None) -> np.ndarray:
-        return X if Om is None else X @ Om
+    def _mixed(self, out: np.ndarray, axis: int) -> np.ndarray:
+        """sum_t (term t's block of ``out`` along ``axis``) Omega_t, in float64."""
+        blocks = np.split(out, len(self.mixings), axis=axis)
+        total = 0.0
+        for block, Om in zip(blocks, self.mixings):
+            total = total + (block if Om is None else block @ Om.astype(self.dtype))
+        return np.asarray(total, dtype=np.float64)
 
     def apply(self, C: np.ndarray) -> np.ndarray:
         """S_q^T K c_q for every agent: (N, D c) -> (N, m c), c output columns."""
         N = C.shape[0]
-        X = C.reshape(N, self.D, -1)
-        out = sum(own @ self._mixed(X, Om) for own, _, Om in self.terms)
-        return out.reshape(N, -1)
+        out = self.own @ C.reshape(N, self.D, -1).astype(self.dtype)
+        return self._mixed(out, axis=1).reshape(N, -1)
 
     def adjoint(self, R: np.ndarray) -> np.ndarray:
         """The coefficients of S_q R_q: (N, m c) -> (N, D c); padding rows of ``own`` are zero."""
-        own = self.terms[0][0]
-        N, m = own.shape[:2]
+        N, m = self.own.shape[0], self.own.shape[1] // len(self.mixings)
         R3 = R.reshape(N, m, -1)
         if not self.scatter:
-            return (own.transpose(0, 2, 1) @ R3).reshape(N, -1)
+            return (self.own.transpose(0, 2, 1) @ R3.astype(self.dtype)).reshape(N, -1).astype(np.float64)
         G = np.zeros((N, self.D + 1, R3.shape[2]), dtype=R.dtype)
         G[np.arange(N)[:, None], self._samples] = R3
         return G[:, :-1].reshape(N, -1)
 
     def apply_test(self, C: np.ndarray) -> np.ndarray:
         """K(X_test, X) c_q for every agent, one product for the whole swarm: (N, D k) -> (N, T k)."""
-        N, k = C.shape[0], self.data.k
-        out = 0.0
-        for _, test, Om in self.terms:
-            Z = self._mixed(C.reshape(N, self.D, k), Om).transpose(1, 0, 2).reshape(self.D, N * k)
-            out = out + test @ Z
-        return out.reshape(-1, N, k).transpose(1, 0, 2).reshape(N, -1)
+        N = C.shape[0]
+        out = self.test @ C.reshape(N, self.D, -1).astype(self.dtype)  # (N, terms T, k)
+        return self._mixed(out, axis=1).reshape(N, -1)
 
     def coefficients(self, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(samples, c): v_q = J(X[samples])^T c_q, c (N, len(samples) k), for theta_q = theta_0 + v_q."""
@@ -81,6 +93,13 @@ class FactoredOperator:
             return np.arange(len(self.data.Y)), C
         samples, T_c = self.basis
         return samples, (T_c @ C.reshape(N, self.D, k)).reshape(N, -1)
+
+
+def _stacked(arrays: list[np.ndarray], axis: int, dtype) -> np.ndarray:
+    """The arrays concatenated along ``axis``, in ``dtype`` (one array: as it is, if already so)."""
+    if len(arrays) == 1:
+        return arrays[0].astype(dtype, copy=False)
+    return np.concatenate([a.astype(dtype, copy=False) for a in arrays], axis=axis)
 
 
 def _data(swarm: Swarm, f0: np.ndarray, f0_test: np.ndarray) -> SwarmData:
@@ -110,13 +129,13 @@ def traced_operator(swarm: Swarm, max_bytes: int = DEFAULT_MAX_BYTES, dtype=np.f
     hidden layers' output-traced kernel is spread over the outputs by the readout's ``readout_mixing``.
     Exact for one output and for the affine model (no hidden layers)."""
     p, cfg = swarm.problem, swarm.cfg
-    Theta, Theta_test, f0, f0_test = (a.astype(np.float64, copy=False) for a in train_test_ntk(
-        cfg, swarm.theta0, p.X_train, p.X_test, max_bytes=max_bytes, dtype=dtype, traced=True))
+    Theta, Theta_test, f0, f0_test = train_test_ntk(cfg, swarm.theta0, p.X_train, p.X_test, max_bytes=max_bytes,
+                                                    dtype=dtype, traced=True)
     data = _data(swarm, f0, f0_test)
     if cfg.hidden_layers == 0 or cfg.k == 1:
         return FactoredOperator(data, [(_own_rows(data, Theta), Theta_test, None)], scatter=True)
-    F, F_test, _, _ = (a.astype(np.float64, copy=False) for a in train_test_ntk(
-        cfg, swarm.theta0, p.X_train, p.X_test, max_bytes=max_bytes, dtype=dtype, traced="output"))
+    F, F_test, _, _ = train_test_ntk(cfg, swarm.theta0, p.X_train, p.X_test, max_bytes=max_bytes, dtype=dtype,
+                                     traced="output")
     Theta -= F
     Theta_test -= F_test
     return FactoredOperator(data, [(_own_rows(data, F), F_test, None),
@@ -160,4 +179,5 @@ def landmark_operator(swarm: Swarm, count: int, max_bytes: int = DEFAULT_MAX_BYT
     Phi = cols @ T_c
     M = len(p.X_train)
     data = _data(swarm, f_all[:M], f_all[M:])
-    return FactoredOperator(data, [(_own_rows(data, Phi[:M]), Phi[M:], None)], scatter=False, basis=(chosen, T_c))
+    return FactoredOperator(data, [(_own_rows(data, Phi[:M]), Phi[M:], None)], scatter=False, basis=(chosen, T_c),
+                            dtype=dtype)

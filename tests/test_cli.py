@@ -29,3 +29,22 @@ def test_every_option_of_every_subcommand_has_help():
 def test_version_is_the_installed_package_version():
     proc = subprocess.run([sys.executable, "-m", "predictor", "--version"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == f"p2pntk {metadata.version('p2p-ntk')}"
+
+
+def test_the_command_table_names_exactly_what_each_module_registers():
+    from predictor.cli import COMMANDS
+    registered = {}
+    for module, names in COMMANDS.items():
+        sub = argparse.ArgumentParser().add_subparsers()
+        __import__(f"predictor.commands.{module}", fromlist=["register"]).register(sub)
+        registered[module] = tuple(sub.choices)
+    assert registered == COMMANDS
+    assert list(build_parser()._subparsers._group_actions[0].choices) == [n for names in COMMANDS.values() for n in names]
+
+
+def test_a_command_imports_only_its_own_module():
+    code = ("import sys; from predictor.cli import build_parser; build_parser(['predict', '--quiet']); "
+            "print(sorted(m for m in sys.modules if m.startswith('predictor.commands.') or m == 'zmq'))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "['predictor.commands.predict']"
