@@ -212,16 +212,79 @@ def forward(cfg: ModelConfig, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
 def jvp(cfg: ModelConfig, theta: np.ndarray, X: np.ndarray, v: np.ndarray) -> np.ndarray:
     """J v, the derivative of f(X; theta) along the parameter direction v (forward mode), shape (n, k): with
     ``backward`` (J^T r) it applies the empirical NTK J J^T without forming it."""
-    params, tangents, scales = unflatten(cfg, theta), unflatten(cfg, np.asarray(v, theta.dtype)), layer_scales(cfg)
-    h = np.asarray(X, dtype=theta.dtype)
-    dh = np.zeros_like(h)
-    for layer in range(cfg.hidden_layers + 1):
-        W, b, dW, db = params[2 * layer], params[2 * layer + 1], tangents[2 * layer], tangents[2 * layer + 1]
-        z = _affine(h, W, b, scales[layer], cfg.b_std)
-        dz = scales[layer] * (dh @ W + h @ dW) + cfg.b_std * db
-        if layer == cfg.hidden_layers:
-            return dz
-        h, dh = activation(cfg.activation, z), activation_grad(cfg.activation, z) * dz
+    return Linearisation(cfg, theta, X).jvp(np.asarray(v)[None])[0]
+
+
+class Linearisation:
+    """The Jacobian J of f(X; theta) at a fixed theta, as products: J v (``jvp``) and J^T r (``vjp``), batched.
+
+    X is (m, d), or (B, m, d): one input set per batch row (every agent's own samples, padded with zero
+    rows). The pass at theta runs once, here: each weight layer's input a_l and each hidden layer's slope
+    s'(u_l) are kept in ``dtype`` (theta's by default; float32 halves their memory and the products' cost).
+    With u_l = s_l a_l W_l + b_std b_l and a_{l+1} = s(u_l), forward mode carries
+    du_l = s_l (da_l W_l + a_l dW_l) + b_std db_l, da_{l+1} = s'(u_l) du_l, and reverse mode
+    dW_l = s_l a_l^T du_l, db_l = b_std sum du_l, du_{l-1} = s'(u_{l-1}) s_l du_l W_l^T.
+    A row of tangents V (B, P) is in the flat layout of theta; ``outputs`` is f(X; theta).
+    """
+
+    def __init__(self, cfg: ModelConfig, theta: np.ndarray, X: np.ndarray, dtype=None) -> None:
+        self.cfg, self.dtype = cfg, np.dtype(dtype or np.asarray(theta).dtype)
+        self.params = unflatten(cfg, np.asarray(theta, self.dtype))
+        self.scales = layer_scales(cfg)
+        a = np.asarray(X, self.dtype)
+        self.inputs, self.slopes = [], []
+        for layer in range(cfg.hidden_layers):
+            u = _affine(a, self.params[2 * layer], self.params[2 * layer + 1], self.scales[layer], cfg.b_std)
+            self.inputs.append(a)
+            self.slopes.append(activation_grad(cfg.activation, u))
+            a = activation(cfg.activation, u, out=u)
+        self.inputs.append(a)
+        self.outputs = _affine(a, self.params[-2], self.params[-1], self.scales[-1], cfg.b_std)
+
+    def _views(self, flat: np.ndarray) -> list[np.ndarray]:
+        """(B, P) -> one (B, *shape) view per tensor, in flat order."""
+        views, start = [], 0
+        for _, shape in self.cfg.shapes():
+            size = math.prod(shape)
+            views.append(flat[:, start:start + size].reshape(len(flat), *shape))
+            start += size
+        return views
+
+    def jvp(self, V: np.ndarray) -> np.ndarray:
+        """J v for every row v of V (B, P): (B, m, k), in ``dtype``."""
+        tangents, cfg = self._views(np.asarray(V, self.dtype)), self.cfg
+        da = None
+        for layer in range(cfg.hidden_layers + 1):
+            du = self.inputs[layer] @ tangents[2 * layer]
+            if da is not None:
+                du += _rows_times(da, self.params[2 * layer])
+            du *= self.scales[layer]
+            du += cfg.b_std * tangents[2 * layer + 1][:, None, :]
+            if layer == cfg.hidden_layers:
+                return du
+            da = np.multiply(du, self.slopes[layer], out=du)
+
+    def vjp(self, R: np.ndarray) -> np.ndarray:
+        """J^T r for every r of R (B, m, k): (B, P), in ``dtype``."""
+        du, cfg = np.asarray(R, self.dtype), self.cfg
+        grad = np.empty((len(du), cfg.num_params), self.dtype)
+        views = self._views(grad)
+        for layer in reversed(range(cfg.hidden_layers + 1)):
+            gW = np.matmul(np.swapaxes(self.inputs[layer], -1, -2), du)
+            gW *= self.scales[layer]
+            views[2 * layer][...] = gW
+            views[2 * layer + 1][...] = cfg.b_std * du.sum(axis=1)
+            if layer:
+                da = _rows_times(du, self.params[2 * layer].T)
+                da *= self.scales[layer]
+                du = np.multiply(da, self.slopes[layer - 1], out=da)
+        return grad
+
+
+def _rows_times(A: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """A (..., n) @ W (n, p) as one 2-D product over all leading axes (numpy would otherwise run one small
+    product per batch row, several times slower for a narrow n such as the readout's k)."""
+    return (A.reshape(-1, A.shape[-1]) @ W).reshape(*A.shape[:-1], W.shape[1])
 
 
 def backward(cfg: ModelConfig, theta: np.ndarray, cache, h_last: np.ndarray, dF: np.ndarray) -> np.ndarray:

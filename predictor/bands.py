@@ -17,18 +17,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.model import ModelConfig, backward, forward, forward_with_cache, jvp
+from agent.model import Linearisation, ModelConfig, backward, forward, forward_with_cache
+from predictor.ntk import empirical_ntk
 
 SPREAD = 2.0
+DENSE_GAP_OUTPUTS = 4096  # the global band's kernel on agent 0 as a matrix up to n k outputs, products above
 
 
 def output_gap(cfg: ModelConfig, theta0: np.ndarray, X: np.ndarray, Y: np.ndarray, K, alpha: float,
-               rounds: int) -> np.ndarray:
+               rounds: int, dtype=np.float64) -> np.ndarray:
     """E(t) = ||f_nonlinear(X) - f_linearised(X)||^2 / (2 n), t = 0..rounds, along gradient descent on (X, Y)
     alone, nonlinear and linearised (the finite-width error in output space, in loss units). K is the empirical
     NTK of X: an (n k, n k) matrix, its output-traced (n, n) form (then applied per output), or anything with
-    ``len`` and ``@`` (``_KernelProducts``)."""
-    theta = np.asarray(theta0, np.float64).copy()
+    ``len`` and ``@`` (``_KernelProducts``). The network trains in ``dtype`` (float32 as on a board, at half
+    the cost); the linearised residual and the gap are float64."""
+    theta = np.asarray(theta0, dtype).copy()
     Y = np.asarray(Y, np.float64)
     n, k = Y.shape
     R = forward(cfg, theta, X) - Y
@@ -38,8 +41,9 @@ def output_gap(cfg: ModelConfig, theta0: np.ndarray, X: np.ndarray, Y: np.ndarra
             F, cache, h_last = forward_with_cache(cfg, theta, X)
             D = F - Y - R  # nonlinear minus linearised residual
             out[t] = float(np.vdot(D, D)) / (2 * n)
-            theta -= alpha * backward(cfg, theta, cache, h_last, (F - Y) / n)
-            R = R - alpha / n * ((K @ R.ravel()).reshape(n, k) if len(K) == n * k else K @ R)
+            theta -= alpha * backward(cfg, theta, cache, h_last, ((F - Y) / n).astype(dtype))
+            Rk = R.astype(getattr(K, "dtype", np.float64))  # a float32 matrix stays float32 in the product
+            R = R - alpha / n * ((K @ Rk.ravel()).reshape(n, k) if len(K) == n * k else K @ Rk)
     return np.nan_to_num(out, nan=np.inf)
 
 
@@ -87,29 +91,30 @@ def anchored_band(F: np.ndarray, h: np.ndarray, observed=None) -> tuple[np.ndarr
 
 
 def global_band(cfg: ModelConfig, theta0: np.ndarray, X: np.ndarray, Y: np.ndarray, alpha: float,
-                train_loss) -> dict:
+                train_loss, dtype=np.float64) -> dict:
     """The 90% band of the global forecast (every agent's train loss, (N, rounds + 1)), which knows all the
     data: its remaining error is the finite width, so h = ``width_term`` of each agent's forecast with the
     output gap E measured on (X, Y), one agent's samples, at the forecast's lr and rounds (the same term as
-    the local band's). Minibatch noise is not in it."""
+    the local band's), in ``dtype``. Minibatch noise is not in it."""
     L = np.asarray(train_loss, float)
-    E = output_gap(cfg, theta0, X, Y, _KernelProducts(cfg, theta0, X), alpha, L.shape[1] - 1)
+    # the matrix (~0.04 s at 160 x 10) makes the 100 linearised steps free; products cost a pass each
+    K = empirical_ntk(cfg, theta0, X, dtype=dtype) if Y.size <= DENSE_GAP_OUTPUTS else _KernelProducts(cfg, theta0, X, dtype)
+    E = output_gap(cfg, theta0, X, Y, K, alpha, L.shape[1] - 1, dtype)
     h = np.stack([width_term(agent, E) for agent in L])
     return {"level": 0.9, "lower": np.maximum(L * (1 - h), 0.0).tolist(), "upper": (L * (1 + h)).tolist(),
             "relative_half_width": h.tolist()}
 
 
 class _KernelProducts:
-    """The full empirical NTK of X (n k, n k) as products K r = J (J^T r): a backward and a forward-mode pass
-    (``agent.model.jvp``) per product, never the matrix (at ten classes building it cost seconds)."""
+    """The full empirical NTK of X (n k, n k) as products K r = J (J^T r): a reverse- and a forward-mode pass
+    (``agent.model.Linearisation``, in ``dtype``) per product, never the matrix (at ten classes building it
+    cost seconds). Products come back float64."""
 
-    def __init__(self, cfg: ModelConfig, theta0: np.ndarray, X: np.ndarray) -> None:
-        self.cfg, self.theta0, self.X = cfg, np.asarray(theta0, np.float64), np.asarray(X, np.float64)
-        _, self.cache, self.h_last = forward_with_cache(cfg, self.theta0, self.X)
+    def __init__(self, cfg: ModelConfig, theta0: np.ndarray, X: np.ndarray, dtype=np.float64) -> None:
+        self.lin, self.n, self.k = Linearisation(cfg, theta0, X, dtype), len(X), cfg.k
 
     def __len__(self) -> int:
-        return len(self.X) * self.cfg.k
+        return self.n * self.k
 
     def __matmul__(self, r: np.ndarray) -> np.ndarray:
-        grad = backward(self.cfg, self.theta0, self.cache, self.h_last, r.reshape(len(self.X), self.cfg.k))
-        return jvp(self.cfg, self.theta0, self.X, grad).ravel()
+        return self.lin.jvp(self.lin.vjp(r.reshape(1, self.n, self.k)))[0].ravel().astype(np.float64)

@@ -11,31 +11,42 @@ from agent.model import ModelConfig, backward, forward_with_cache
 from agent.swarm import Swarm
 from coordinator_free.common.errors import UserError
 from predictor.bands import global_band
-from predictor.dynamics import ExactOperator, Flow, KernelProblem, operator_rounds, outputs_on_test, own_outputs
-from predictor.kernel_operators import landmark_operator, traced_operator
+from predictor.dynamics import (ExactOperator, Flow, KernelProblem, algorithm_record, operator_rounds, outputs_on_test,
+                                own_outputs)
+from predictor.kernel_operators import JacobianOperator, landmark_operator, traced_operator
 from predictor.ntk import DEFAULT_MAX_BYTES, train_test_ntk
-from predictor.stability import lr_max_all, lr_max_exact
+from predictor.stability import MAX_SEARCH_STATES, lr_max_all, lr_max_exact
 
 MODES = ("discrete", "flow")
 KERNELS = ("auto", "exact", "traced", "landmarks")
-EXACT_MAX_OUTPUTS = 2048   # auto: the full kernel (M k)^2 up to this many outputs M k
-TRACED_MAX_SAMPLES = 4096  # auto: the dense output-traced kernel M^2 up to this many samples; landmarks above
+EXACT_MAX_OUTPUTS = 2048   # the exact kernel as a matrix, (M k)^2, up to this many outputs M k; as products above
+TRACED_MAX_SAMPLES = 4096  # auto: the dense output-traced kernel, M^2, at most up to this many samples
 DEFAULT_LANDMARKS = 1024
 
 
-def choose_kernel(kernel: str, samples: int, outputs: int, mode: str = "discrete") -> str:
-    """The kernel form a forecast uses (docs/forecast-cost.md): ``kernel`` unless it is "auto", which takes
-    the full kernel while it is small (M k <= EXACT_MAX_OUTPUTS, and always for the flow), the output-traced
-    kernel up to TRACED_MAX_SAMPLES samples, and landmarks above."""
+def choose_kernel(kernel: str, samples: int, outputs: int, mode: str = "discrete", params: int = 0) -> str:
+    """How a forecast applies its kernel (docs/forecast-cost.md): "matrix" or "jacobian" (both the exact
+    kernel), "traced" or "landmarks". ``kernel`` "exact" is the matrix while M k <= EXACT_MAX_OUTPUTS (and
+    always for the flow, which diagonalises it) and Jacobian products above. "auto" is the exact matrix
+    while it is small, then whichever of the traced kernel (2 M^2 k a round, while M <= TRACED_MAX_SAMPLES)
+    and the exact Jacobian products (about 4 M P a round, P = ``params``) costs less."""
     if kernel not in KERNELS:
         raise UserError(f"--kernel {kernel!r}: expected one of {', '.join(KERNELS)}")
     if mode == "flow" and kernel not in ("auto", "exact"):
         raise UserError(f"--kernel {kernel}: the gradient flow needs the exact kernel; use --kernel exact or auto")
+    if mode == "flow" or (kernel in ("auto", "exact") and samples * outputs <= EXACT_MAX_OUTPUTS):
+        return "matrix"
     if kernel != "auto":
-        return kernel
-    if mode == "flow" or samples * outputs <= EXACT_MAX_OUTPUTS:
-        return "exact"
-    return "traced" if samples <= TRACED_MAX_SAMPLES else "landmarks"
+        return "jacobian" if kernel == "exact" else kernel
+    traced_cheaper = 2 * samples * outputs < 4 * params
+    return "traced" if samples <= TRACED_MAX_SAMPLES and traced_cheaper else "jacobian"
+
+
+def small_search(swarm: Swarm, algorithm: str) -> bool:
+    """Whether the dense lr_max search of ``algorithm`` (GT's, a non-symmetric W's) surely fits: its
+    reachable system has at most N M k states per message array, within MAX_SEARCH_STATES."""
+    N, Mk = swarm.n_agents, swarm.problem.Y_train.size
+    return N * Mk * len(algorithm_record(algorithm).messages) <= MAX_SEARCH_STATES
 
 
 def kernel_problem(swarm: Swarm, max_bytes: int = DEFAULT_MAX_BYTES, dtype=np.float64) -> KernelProblem:
@@ -79,6 +90,16 @@ def _accuracy(F: np.ndarray, Y: np.ndarray, valid: np.ndarray | None) -> np.ndar
     return (hit & valid).sum(axis=-1) / valid.sum(axis=-1)
 
 
+def _parameters(swarm: Swarm, op, C: np.ndarray) -> np.ndarray:
+    """theta_q for every agent from the state C of ``op``'s rounds: (N, P)."""
+    if isinstance(op, JacobianOperator):
+        return op.parameters(C)
+    samples = np.arange(len(swarm.problem.Y_train))
+    if not isinstance(op, ExactOperator):
+        samples, C = op.coefficients(C)
+    return parameters(swarm.cfg, swarm.theta0, swarm.problem.X_train[samples], C)
+
+
 def parameters(cfg: ModelConfig, theta0: np.ndarray, X_train: np.ndarray, C: np.ndarray) -> np.ndarray:
     """theta_q = theta_0 + v_q with v_q = J^T c_q (the paper's parameter trajectories): C (N, M k) -> (N, P).
 
@@ -104,9 +125,10 @@ def forecast(swarm: Swarm, mode: str = "discrete", *, kp: KernelProblem | None =
     precision of the kernel computation, by default the spec's train.dtype: float64 runs are float64
     throughout, and a float32 run's kernel costs half (its rounding, ~1e-7 of K, moves the forecast by
     ~1e-7, far below the linearisation error). The dynamics always run in float64. ``kernel`` picks the
-    kernel's form (``choose_kernel``): "exact" (the full K), "traced" (Theta (x) I_k: exact for one output
-    and the affine model, an approximation otherwise), "landmarks" (its Nystrom factor on ``landmarks``
-    samples) or "auto"; results say which ("kernel") and whether it is exact ("kernel_exact").
+    kernel's form (``choose_kernel``): "exact" (the full K, as a matrix or as Jacobian products), "traced"
+    (F_out (x) I_k + Theta_h (x) Omega: exact for one output and the affine model, an approximation otherwise),
+    "landmarks" (a Nystrom factor on ``landmarks`` samples) or "auto"; results say which ("kernel", with
+    "kernel_products" for the exact one) and whether it is exact ("kernel_exact").
     """
     if mode not in MODES:
         raise UserError(f"mode = {mode!r}: expected one of {', '.join(MODES)}")
@@ -117,11 +139,14 @@ def forecast(swarm: Swarm, mode: str = "discrete", *, kp: KernelProblem | None =
                         "use the discrete forecast or train.batch = \"full\"")
     kernel_dtype = np.dtype(kernel_dtype or train.dtype).name if kp is None else "precomputed"
     p = swarm.problem
-    form = "exact" if kp is not None else choose_kernel(kernel, len(p.Y_train), p.Y_train.shape[1], mode)
+    form = "matrix" if kp is not None else choose_kernel(kernel, len(p.Y_train), p.Y_train.shape[1], mode,
+                                                          swarm.cfg.num_params)
     t0 = time.perf_counter()
-    if form == "exact":
+    if form == "matrix":
         kp = kp if kp is not None else kernel_problem(swarm, max_bytes, kernel_dtype)
         op = ExactOperator(kp)
+    elif form == "jacobian":
+        op = JacobianOperator(swarm, max_bytes, kernel_dtype)
     elif form == "traced":
         op = traced_operator(swarm, max_bytes, kernel_dtype)
     else:
@@ -138,20 +163,21 @@ def forecast(swarm: Swarm, mode: str = "discrete", *, kp: KernelProblem | None =
     t2 = time.perf_counter()
     # matrix-free (Lanczos on the operator) for every form; the dense search only where no closed form exists
     lr_max = lr_max_all(op, include=(alg,))
-    if form == "exact" and lr_max.get(alg) is None:
+    if form == "jacobian" and lr_max.get(alg) is None and small_search(swarm, alg):
+        kp = kernel_problem(swarm, max_bytes, kernel_dtype)  # the dense search needs the matrix: small here
+    if form in ("matrix", "jacobian") and kp is not None and lr_max.get(alg) is None:
         lr_max = lr_max_all(kp, include=(alg,))
     t3 = time.perf_counter()
     if band:
-        curves["train_loss_band"] = global_band(swarm.cfg, swarm.theta0, *p.agent_data(0), alpha, curves["train_loss"])
+        curves["train_loss_band"] = global_band(swarm.cfg, swarm.theta0, *p.agent_data(0), alpha, curves["train_loss"],
+                                                  np.float64 if kernel_dtype == "precomputed" else kernel_dtype)
     t4 = time.perf_counter()
-    samples = np.arange(len(p.Y_train))
-    if form != "exact" and kept_c:
-        samples = op.coefficients(next(iter(kept_c.values())))[0]
-        kept_c = {r: op.coefficients(c)[1] for r, c in kept_c.items()}
-    kept = {r: parameters(swarm.cfg, swarm.theta0, p.X_train[samples], c) for r, c in kept_c.items()}
+    kept = {r: _parameters(swarm, op, c) for r, c in kept_c.items()}
     finite = np.isfinite(np.asarray(curves["train_loss"])).all(axis=0) & (np.abs(own).max(axis=(1, 2)) < 1e150)
-    exact = form == "exact" or (form == "traced" and (swarm.cfg.k == 1 or swarm.cfg.hidden_layers == 0))
-    results = {"kind": "predict", "mode": mode, "kernel_dtype": kernel_dtype, "kernel": form, "kernel_exact": exact,
+    exact = form in ("matrix", "jacobian") or (form == "traced" and (swarm.cfg.k == 1 or swarm.cfg.hidden_layers == 0))
+    results = {"kind": "predict", "mode": mode, "kernel_dtype": kernel_dtype,
+               "kernel": "exact" if form in ("matrix", "jacobian") else form, "kernel_exact": exact,
+               **({"kernel_products": form} if form in ("matrix", "jacobian") else {}),
                **({"landmarks": min(landmarks, len(p.Y_train))} if form == "landmarks" else {}),
                "spec": swarm.spec.to_dict(), **curves,
                "final_test_accuracy": [a[-1] for a in curves["test_accuracy"]],

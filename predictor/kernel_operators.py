@@ -1,13 +1,14 @@
-"""Structured forms of the kernel for the forecast at real sizes (docs/forecast-cost.md): the output-layer
-kernel plus the hidden layers' output-traced kernel spread by the readout, F_out (x) I_k + Theta_h (x) Omega
-(exact for the affine model and for one output), and the landmark (Nystrom) factor of the output-traced
-kernel, Phi Phi^T (x) I_k. Both are approximations and run through ``predictor.dynamics.operator_rounds``.
+"""Forms of the kernel for the forecast at real sizes (docs/forecast-cost.md), all run by
+``predictor.dynamics.operator_rounds``: the exact kernel as Jacobian products, K = J J^T in parameter
+coordinates (``JacobianOperator``, never a matrix); the output-layer kernel plus the hidden layers'
+output-traced kernel spread by the readout, F_out (x) I_k + Theta_h (x) Omega (exact for the affine model and
+for one output); and the landmark (Nystrom) factor of the output-traced kernel, Phi Phi^T (x) I_k.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from agent.model import ModelConfig, unflatten
+from agent.model import Linearisation, ModelConfig, forward, unflatten
 from agent.swarm import Swarm
 from predictor.dynamics import SwarmData
 from predictor.ntk import DEFAULT_MAX_BYTES, kernel_columns, train_test_ntk
@@ -93,6 +94,50 @@ class FactoredOperator:
             return np.arange(len(self.data.Y)), C
         samples, T_c = self.basis
         return samples, (T_c @ C.reshape(N, self.D, k)).reshape(N, -1)
+
+
+class JacobianOperator:
+    """The exact kernel K = J J^T as products, in parameter coordinates: agent q's state row is
+    v_q = theta_q - theta_0 (P,), so apply is J_q v_q on its own samples, adjoint J_q^T R_q (the gradient
+    itself) and apply_test J(X_test) v. A round costs one forward- and one reverse-mode pass over every
+    agent's own samples (``agent.model.Linearisation``, batched over agents): it grows with M P, where the
+    kernel matrix grows with (M k)^2, and it needs no kernel at all. Exact, like ``ExactOperator``; in
+    float32 (the board default) its products round at ~1e-6 of an output.
+    """
+
+    def __init__(self, swarm: Swarm, max_bytes: int = DEFAULT_MAX_BYTES, dtype=np.float64) -> None:
+        p, cfg = swarm.problem, swarm.cfg
+        self.cfg, self.theta0, self.max_bytes, self.dtype = cfg, swarm.theta0, max_bytes, np.dtype(dtype)
+        self.test = Linearisation(cfg, swarm.theta0, p.X_test, dtype)
+        f0 = forward(cfg, np.asarray(swarm.theta0, dtype), p.X_train)
+        self.data = _data(swarm, f0, self.test.outputs)
+        idx, valid = self.data.agent_rows()
+        k = self.data.k
+        samples, self._valid = idx[:, ::k] // k, valid[:, ::k]
+        X_own = np.vstack([p.X_train, np.zeros((1, p.X_train.shape[1]), p.X_train.dtype)])[samples]
+        self.own = Linearisation(cfg, swarm.theta0, X_own, dtype)  # (N, m, d): padding rows are zeros
+        self.width, self.columns = cfg.num_params, 1
+
+    def apply(self, V: np.ndarray) -> np.ndarray:
+        """S_q^T K c_q = J_q v_q for every agent: (N, P) -> (N, m k), zero on padding."""
+        out = self.own.jvp(V) * self._valid[:, :, None]
+        return out.reshape(len(V), -1).astype(np.float64)
+
+    def adjoint(self, R: np.ndarray) -> np.ndarray:
+        """J_q^T R_q: (N, m k) -> (N, P); padding entries of R are zero."""
+        return self.own.vjp(R.reshape(len(R), self._valid.shape[1], -1)).astype(np.float64)
+
+    def apply_test(self, V: np.ndarray) -> np.ndarray:
+        """J(X_test) v for every row of V (B, P): (B, T k), in chunks of rows that keep each layer's
+        (rows, T, width) temporaries within max_bytes."""
+        T = len(self.test.inputs[0])
+        rows = max(1, int(self.max_bytes // (3 * T * max(self.cfg.layer_sizes) * self.dtype.itemsize)))
+        return np.vstack([self.test.jvp(V[i:i + rows]).reshape(len(V[i:i + rows]), -1).astype(np.float64)
+                          for i in range(0, len(V), rows)])
+
+    def parameters(self, V: np.ndarray) -> np.ndarray:
+        """theta_q = theta_0 + v_q: (N, P)."""
+        return np.asarray(self.theta0, np.float64) + V
 
 
 def _stacked(arrays: list[np.ndarray], axis: int, dtype) -> np.ndarray:

@@ -78,19 +78,48 @@ def parameter_space_linearisation(problem_path: str, spec: dict) -> dict:
     ["model.width=48", "model.depth=2", "model.activation=tanh", "data.classes=[0, 1, 2]", "train.lr=0.4"],
     ["model.width=64", "model.depth=1", "model.activation=relu", "train.lr=0.8", "network.topology=star"],
 ])
-def test_predict_matches_parameter_space_linearisation(tmp_path, alg, model):
+@pytest.mark.parametrize("products", ["matrix", "jacobian"])
+def test_predict_matches_parameter_space_linearisation(tmp_path, monkeypatch, alg, model, products):
+    """The exact forecast, with the kernel as a matrix and as Jacobian products (forced here by a zero
+    matrix threshold; it is the default above EXACT_MAX_OUTPUTS), against the torch reference."""
+    if products == "jacobian":
+        monkeypatch.setattr("predictor.forecast.EXACT_MAX_OUTPUTS", 0)
     args = SMALL + model + [f"train.algorithm={alg}"]
     sets = sum((["--set", a] for a in args), [])
     out, prob, params = tmp_path / "p.json", tmp_path / "prob.npz", tmp_path / "theta.npz"
-    assert main(["predict", *sets, "--out", str(out), "--save-problem", str(prob),
+    assert main(["predict", *sets, "--kernel", "exact", "--out", str(out), "--save-problem", str(prob),
                  "--save-params", str(params), "--quiet"]) == 0
     pred = json.loads(out.read_text())
+    assert pred["kernel_products"] == products and pred["kernel_exact"]
     ref = parameter_space_linearisation(str(prob), pred["spec"])
     assert pred["stable"]
     for curve in ("train_loss", "test_loss"):
         np.testing.assert_allclose(pred[curve], ref[curve], rtol=1e-8, atol=0)
     theta = np.load(params)["theta"][-1]
     np.testing.assert_allclose(theta, ref["theta"], rtol=0, atol=1e-8 * np.abs(ref["theta"]).max())
+
+
+def test_jacobian_products_equal_the_kernel_matrix_with_uneven_agents_and_minibatches():
+    """JacobianOperator (parameter coordinates) against ExactOperator (the kernel matrix) round by round:
+    agents holding 7 to 13 samples (padded rows), minibatches of 5, all four algorithms, and lr_max."""
+    import dataclasses
+    from predictor.dynamics import ExactOperator, operator_rounds
+    from predictor.kernel_operators import JacobianOperator
+    from predictor.stability import lr_max_all
+    swarm = Swarm.from_spec(load_spec(None, SMALL + ["model.width=40", "model.depth=2", "data.classes=[0, 1, 2]"]))
+    owner = swarm.problem.agent_of_sample.copy()
+    owner[np.flatnonzero(owner == 0)[:3]] = 1  # agent 0 keeps 7 samples, agent 1 has 13
+    swarm.problem = dataclasses.replace(swarm.problem, agent_of_sample=owner)
+    matrix, products = ExactOperator(kernel_problem(swarm)), JacobianOperator(swarm)
+    assert sorted(np.bincount(owner)) == [7, 10, 10, 13]
+    for alg in ("dgd", "atc", "cta", "gt"):
+        for batch in ("full", 5):
+            want = operator_rounds(matrix, alg, 0.3, 12, batch=batch, seed=4)
+            got = operator_rounds(products, alg, 0.3, 12, batch=batch, seed=4)
+            for a, b in zip(got[:2], want[:2]):
+                np.testing.assert_allclose(a, b, rtol=0, atol=1e-12 * np.abs(b).max())
+    want, got = lr_max_all(matrix), lr_max_all(products)
+    assert want.keys() == got.keys() and all(abs(got[a] - want[a]) <= 1e-10 * want[a] for a in want)
 
 
 @pytest.mark.parametrize("alg", ["dgd", "atc", "cta"])
@@ -246,6 +275,11 @@ def test_traced_kernel_is_exact_for_the_affine_model(tmp_path, alg):
 
 def test_kernel_choice():
     from predictor.forecast import choose_kernel
-    assert choose_kernel("auto", 40, 3) == "exact" and choose_kernel("auto", 1280, 10) == "traced"
-    assert choose_kernel("auto", 12800, 10) == "landmarks" and choose_kernel("auto", 12800, 10, "flow") == "exact"
+    P = 64 * 1024 + 1024 + 1024 * 10 + 10  # width 1024 on the digits, ten classes
+    assert choose_kernel("auto", 40, 3, params=P) == "matrix" and choose_kernel("auto", 1280, 10, params=P) == "traced"
+    assert choose_kernel("auto", 12800, 10, params=P) == "jacobian"
+    assert choose_kernel("auto", 12800, 10, "flow", params=P) == "matrix"
+    assert choose_kernel("exact", 1280, 10, params=P) == "jacobian" and choose_kernel("exact", 100, 10) == "matrix"
+    # the affine model on ten classes has P = 650: its Jacobian products cost less than the traced kernel
+    assert choose_kernel("auto", 1280, 10, params=650) == "jacobian"
     assert choose_kernel("landmarks", 40, 3) == "landmarks"
