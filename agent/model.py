@@ -21,6 +21,7 @@ from coordinator_free.common.errors import UserError
 ACTIVATIONS = ("relu", "erf", "tanh")
 KINDS = ("affine", "mlp")
 _TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+GROUP_BYTES = 4 * 2**20  # Linearisation's batch rows per group: (rows, m, width) intermediates near this size
 
 
 @dataclass(frozen=True)
@@ -219,27 +220,32 @@ class Linearisation:
     """The Jacobian J of f(X; theta) at a fixed theta, as products: J v (``jvp``) and J^T r (``vjp``), batched.
 
     X is (m, d), or (B, m, d): one input set per batch row (every agent's own samples, padded with zero
-    rows). The pass at theta runs once, here: each weight layer's input a_l and each hidden layer's slope
-    s'(u_l) are kept in ``dtype`` (theta's by default; float32 halves their memory and the products' cost).
-    With u_l = s_l a_l W_l + b_std b_l and a_{l+1} = s(u_l), forward mode carries
-    du_l = s_l (da_l W_l + a_l dW_l) + b_std db_l, da_{l+1} = s'(u_l) du_l, and reverse mode
-    dW_l = s_l a_l^T du_l, db_l = b_std sum du_l, du_{l-1} = s'(u_{l-1}) s_l du_l W_l^T.
+    rows). The pass at theta runs once, here: each weight layer's input a_l, with a column of ones appended
+    (so that one product also adds the bias), and each hidden layer's slope s'(u_l) are kept in ``dtype``
+    (theta's by default; float32 halves their memory and the products' cost). With u_l = s_l a_l W_l +
+    b_std b_l and a_{l+1} = s(u_l), forward mode carries du_l = [a_l, 1] [s_l dW_l; b_std db_l] +
+    da_l (s_l W_l), da_{l+1} = s'(u_l) du_l, and reverse mode [dW_l; db_l] = [s_l; b_std] [a_l, 1]^T du_l,
+    du_{l-1} = s'(u_{l-1}) (du_l (s_l W_l)^T). Each hidden layer costs one elementwise pass over its
+    (rows, m, width) values each way; rows go in cache-sized groups (``GROUP_BYTES``).
     A row of tangents V (B, P) is in the flat layout of theta; ``outputs`` is f(X; theta).
     """
 
     def __init__(self, cfg: ModelConfig, theta: np.ndarray, X: np.ndarray, dtype=None) -> None:
         self.cfg, self.dtype = cfg, np.dtype(dtype or np.asarray(theta).dtype)
-        self.params = unflatten(cfg, np.asarray(theta, self.dtype))
+        params = unflatten(cfg, np.asarray(theta, self.dtype))
         self.scales = layer_scales(cfg)
+        self.weights = [self.scales[layer] * params[2 * layer] for layer in range(cfg.hidden_layers + 1)]
         a = np.asarray(X, self.dtype)
         self.inputs, self.slopes = [], []
-        for layer in range(cfg.hidden_layers):
-            u = _affine(a, self.params[2 * layer], self.params[2 * layer + 1], self.scales[layer], cfg.b_std)
-            self.inputs.append(a)
-            self.slopes.append(activation_grad(cfg.activation, u))
-            a = activation(cfg.activation, u, out=u)
-        self.inputs.append(a)
-        self.outputs = _affine(a, self.params[-2], self.params[-1], self.scales[-1], cfg.b_std)
+        for layer in range(cfg.hidden_layers + 1):
+            ones = np.ones(a.shape[:-1] + (1,), self.dtype)
+            self.inputs.append(np.concatenate([a, ones], axis=-1))
+            u = _affine(a, params[2 * layer], params[2 * layer + 1], self.scales[layer], cfg.b_std)
+            if layer == cfg.hidden_layers:
+                self.outputs = u
+            else:
+                self.slopes.append(activation_grad(cfg.activation, u))
+                a = activation(cfg.activation, u, out=u)
 
     def _views(self, flat: np.ndarray) -> list[np.ndarray]:
         """(B, P) -> one (B, *shape) view per tensor, in flat order."""
@@ -250,34 +256,50 @@ class Linearisation:
             start += size
         return views
 
+    def _groups(self, rows: int) -> list[tuple[int, int]]:
+        """Row ranges whose (rows, m, width) intermediates stay near GROUP_BYTES: a pass makes a few such
+        arrays and reads each again at once, so cache-sized groups run it at cache speed, not memory speed."""
+        m = self.inputs[0].shape[-2]
+        size = max(1, GROUP_BYTES // (m * max(self.cfg.layer_sizes) * self.dtype.itemsize))
+        return [(i, min(i + size, rows)) for i in range(0, rows, size)]
+
+    def _rows(self, arrays: list[np.ndarray], layer: int, g0: int, g1: int) -> np.ndarray:
+        a = arrays[layer]
+        return a[g0:g1] if a.ndim == 3 else a
+
     def jvp(self, V: np.ndarray) -> np.ndarray:
         """J v for every row v of V (B, P): (B, m, k), in ``dtype``."""
         tangents, cfg = self._views(np.asarray(V, self.dtype)), self.cfg
-        da = None
-        for layer in range(cfg.hidden_layers + 1):
-            du = self.inputs[layer] @ tangents[2 * layer]
-            if da is not None:
-                du += _rows_times(da, self.params[2 * layer])
-            du *= self.scales[layer]
-            du += cfg.b_std * tangents[2 * layer + 1][:, None, :]
-            if layer == cfg.hidden_layers:
-                return du
-            da = np.multiply(du, self.slopes[layer], out=du)
+        out = np.empty((len(V), self.inputs[0].shape[-2], cfg.k), self.dtype)
+        for g0, g1 in self._groups(len(V)):
+            da = None
+            for layer in range(cfg.hidden_layers + 1):
+                dW, db = tangents[2 * layer][g0:g1], tangents[2 * layer + 1][g0:g1]
+                step = np.empty((g1 - g0, dW.shape[1] + 1, dW.shape[2]), self.dtype)  # [s dW; b_std db]
+                np.multiply(dW, self.scales[layer], out=step[:, :-1])
+                np.multiply(db, cfg.b_std, out=step[:, -1])
+                du = self._rows(self.inputs, layer, g0, g1) @ step
+                if da is not None:
+                    du += _rows_times(da, self.weights[layer])
+                if layer < cfg.hidden_layers:
+                    da = np.multiply(du, self._rows(self.slopes, layer, g0, g1), out=du)
+            out[g0:g1] = du
+        return out
 
     def vjp(self, R: np.ndarray) -> np.ndarray:
         """J^T r for every r of R (B, m, k): (B, P), in ``dtype``."""
-        du, cfg = np.asarray(R, self.dtype), self.cfg
-        grad = np.empty((len(du), cfg.num_params), self.dtype)
+        R, cfg = np.asarray(R, self.dtype), self.cfg
+        grad = np.empty((len(R), cfg.num_params), self.dtype)
         views = self._views(grad)
-        for layer in reversed(range(cfg.hidden_layers + 1)):
-            gW = np.matmul(np.swapaxes(self.inputs[layer], -1, -2), du)
-            gW *= self.scales[layer]
-            views[2 * layer][...] = gW
-            views[2 * layer + 1][...] = cfg.b_std * du.sum(axis=1)
-            if layer:
-                da = _rows_times(du, self.params[2 * layer].T)
-                da *= self.scales[layer]
-                du = np.multiply(da, self.slopes[layer - 1], out=da)
+        for g0, g1 in self._groups(len(R)):
+            du = R[g0:g1]
+            for layer in reversed(range(cfg.hidden_layers + 1)):
+                G = np.matmul(np.swapaxes(self._rows(self.inputs, layer, g0, g1), -1, -2), du)  # (rows, n+1, n')
+                np.multiply(G[:, :-1], self.scales[layer], out=views[2 * layer][g0:g1])
+                np.multiply(G[:, -1], cfg.b_std, out=views[2 * layer + 1][g0:g1])
+                if layer:
+                    da = _rows_times(du, self.weights[layer].T)
+                    du = np.multiply(da, self._rows(self.slopes, layer - 1, g0, g1), out=da)
         return grad
 
 

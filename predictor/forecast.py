@@ -119,7 +119,8 @@ def forecast(swarm: Swarm, mode: str = "discrete", *, kp: KernelProblem | None =
     ``mode`` is "discrete" (the exact rounds) or "flow" (the gradient flow at t = 0, 1, ..., rounds).
     results has simulate's keys (train_loss, test_loss, ... per agent per round), kind "predict",
     mode, lr_max per algorithm (closed forms, and a dense search for this spec's algorithm if it has
-    no closed form; ``lr_max_exact`` says where a closed form is only an upper
+    no closed form; with the exact kernel as Jacobian products, this spec's algorithm's alone, since each
+    Lanczos step costs a round; ``lr_max_exact`` says where a closed form is only an upper
     bound, see ``predictor.stability.lr_max``) and timings. kept maps each round in ``keep`` to theta (N, P).
     Pass ``kp`` to reuse a kernel problem already computed for the same swarm. ``kernel_dtype`` is the
     precision of the kernel computation, by default the spec's train.dtype: float64 runs are float64
@@ -162,11 +163,12 @@ def forecast(swarm: Swarm, mode: str = "discrete", *, kp: KernelProblem | None =
     curves = loss_curves(op.data, own, test)
     t2 = time.perf_counter()
     # matrix-free (Lanczos on the operator) for every form; the dense search only where no closed form exists
-    lr_max = lr_max_all(op, include=(alg,))
+    # a Lanczos step of the Jacobian form costs a round: there only this spec's algorithm's edge is computed
+    lr_max = lr_max_all(op, include=(alg,), only=(alg,) if form == "jacobian" else None)
     if form == "jacobian" and lr_max.get(alg) is None and small_search(swarm, alg):
         kp = kernel_problem(swarm, max_bytes, kernel_dtype)  # the dense search needs the matrix: small here
     if form in ("matrix", "jacobian") and kp is not None and lr_max.get(alg) is None:
-        lr_max = lr_max_all(kp, include=(alg,))
+        lr_max = lr_max_all(kp, include=(alg,), only=(alg,) if form == "jacobian" else None)
     t3 = time.perf_counter()
     if band:
         curves["train_loss_band"] = global_band(swarm.cfg, swarm.theta0, *p.agent_data(0), alpha, curves["train_loss"],

@@ -196,18 +196,19 @@ def _verified(kp: KernelProblem, algorithm: str, upper: float, rel: float = 1e-6
     return lo
 
 
-def lr_max_all(kp, verify: bool = False, include: tuple[str, ...] = ()) -> dict[str, float | None]:
-    """lr_max of every registered algorithm, for a ``KernelProblem`` or a structured operator (then
-    matrix-free, ``operator_lr_max``). Algorithms that share a closed-form rule share one value
-    (ATC and CTA: their A's are similar). Dense searches run only with ``verify`` or if named in
-    ``include``; otherwise their entry is absent."""
+def lr_max_all(kp, verify: bool = False, include: tuple[str, ...] = (),
+               only: tuple[str, ...] | None = None) -> dict[str, float | None]:
+    """lr_max of every registered algorithm (or of those in ``only``), for a ``KernelProblem`` or a
+    structured operator (then matrix-free, ``operator_lr_max``). Algorithms that share a closed-form rule
+    share one value (ATC and CTA: their A's are similar). Dense searches run only with ``verify`` or if
+    named in ``include``; otherwise their entry is absent."""
     def edge(name: str) -> float | None:
         return lr_max(kp, name, verify) if isinstance(kp, KernelProblem) else operator_lr_max(kp, name)
 
     out: dict[str, float | None] = {}
     by_rule: dict[int, float | None] = {}
     for name, alg in ALGORITHMS.items():
-        if alg.lr_max is None and not (verify or name in include):
+        if (alg.lr_max is None and not (verify or name in include)) or (only is not None and name not in only):
             continue
         key = id(alg.lr_max) if alg.lr_max is not None else id(name)
         if key not in by_rule:

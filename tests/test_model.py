@@ -113,3 +113,28 @@ def test_bad_model_config_names_the_key():
     from coordinator_free.common.errors import UserError
     with pytest.raises(UserError, match="model.activation"):
         ModelConfig(kind="mlp", d=2, k=1, activation="gelu")
+
+
+@pytest.mark.parametrize("kind,depth,act", CASES)
+@pytest.mark.parametrize("shared", [True, False])
+def test_batched_linearisation_matches_torch_jvp_and_vjp(kind, depth, act, shared):
+    """Linearisation.jvp / .vjp over a batch of 3 tangents and residuals, on one input set shared by the
+    batch or on one set per row (the padded agents of the exact forecast), against torch's jvp and vjp."""
+    cfg = ModelConfig(kind=kind, d=5, k=3, width=11, depth=depth, activation=act, w_std=1.3, b_std=0.2, seed=3)
+    theta = M.init_params(cfg, np.float64)
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((7, 5)) if shared else rng.standard_normal((3, 7, 5))
+    V, R = rng.standard_normal((3, cfg.num_params)), rng.standard_normal((3, 7, 3))
+    lin = M.Linearisation(cfg, theta, X)
+    want_f, want_jv, want_vjp = [], [], []
+    for b in range(3):
+        f = lambda t, x=torch.tensor(X if shared else X[b]): mlp(t, x, 5, 3, vars(cfg) | {"kind": kind})  # noqa: E731
+        out, jv = torch.autograd.functional.jvp(f, torch.tensor(theta), torch.tensor(V[b]))
+        want_f.append(out.numpy()), want_jv.append(jv.numpy())
+        want_vjp.append(torch.autograd.functional.vjp(f, torch.tensor(theta), torch.tensor(R[b]))[1].numpy())
+    np.testing.assert_allclose(np.broadcast_to(lin.outputs, (3, 7, 3)), want_f, rtol=1e-12)
+    np.testing.assert_allclose(lin.jvp(V), want_jv, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(lin.vjp(R), want_vjp, rtol=1e-10, atol=1e-13)
+    lin32 = M.Linearisation(cfg, theta, X, np.float32)
+    assert lin32.jvp(V).dtype == lin32.vjp(R).dtype == np.float32
+    np.testing.assert_allclose(lin32.vjp(R), want_vjp, rtol=1e-4, atol=1e-5 * np.abs(want_vjp).max())

@@ -169,3 +169,21 @@ def test_matrix_free_lr_max_equals_the_dense_closed_form(topology):
         assert operator_lr_max(ExactOperator(kp), alg) == pytest.approx(lr_max(kp, alg), rel=1e-9)
         assert operator_lr_max(traced_operator(swarm), alg) == pytest.approx(lr_max(dense, alg), rel=1e-9)
     assert operator_lr_max(traced_operator(swarm), "gt") is None  # no closed form: not searched matrix-free
+
+
+@pytest.mark.parametrize("n,cluster", [(50, False), (900, False), (900, True)])
+def test_lanczos_top_eigenvalue_equals_a_full_eigendecomposition(n, cluster):
+    """top_eigenvalue (numpy Lanczos, what lr_max uses above DENSE_EIGH) against numpy's eigvalsh, on PSD
+    matrices with a spread spectrum and with eight near-equal top eigenvalues (as when every agent's own
+    kernel has about the same top), and on a float32 operator at its own tolerance."""
+    from predictor.stability import top_eigenvalue
+    rng = np.random.default_rng(n)
+    Q = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    lam = np.sort(rng.uniform(0, 1, n) ** 3)
+    if cluster:
+        lam[-8:] = 1.0 + 1e-4 * np.arange(8)
+    S = (Q * lam) @ Q.T
+    want = np.linalg.eigvalsh(S)[-1]
+    assert top_eigenvalue(lambda x: S @ x, n) == pytest.approx(want, rel=1e-12)
+    S32 = S.astype(np.float32)
+    assert top_eigenvalue(lambda x: S32 @ x.astype(np.float32), n, tol=1e-5) == pytest.approx(want, rel=1e-5)
