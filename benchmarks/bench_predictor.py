@@ -8,6 +8,7 @@ one's peak RSS from os.wait4; growth exponents are least-squares slopes of log t
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import subprocess
@@ -125,20 +126,29 @@ def _sets(agents: int, per_agent: int, classes: int, data: str = "digits") -> li
 
 def cli_scaling(quick: bool) -> dict:
     """predict and simulate (and predict-local) as whole CLI runs, float32, width 1024, 100 rounds, DGD on a
-    cycle, synthetic data (and the digits acceptance case): time and peak RSS against samples per agent,
-    classes and agents, with fitted growth exponents."""
-    axes = {"digits": [(8, 160, 10)],  # the acceptance case of issue 12
+    cycle: the acceptance cases of issue 12 (8 x 160 digits x 10 classes with the default and the exact
+    kernel, 64 x 200 synthetic x 10), then time and peak RSS against samples per agent, classes and agents
+    on synthetic data, with fitted growth exponents. Each predict row has its worst-agent train-loss error
+    against the simulate run beside it (``compare_results``)."""
+    axes = {"digits": [(8, 160, 10)], "fleet": [] if quick else [(64, 200, 10)],
             "samples": [(8, n, 10) for n in ((40, 160) if quick else (40, 80, 160))],
             "classes": [(8, 80, c) for c in ((2, 10) if quick else (2, 5, 10))],
             "agents": [(N, 80, 10) for N in ((4, 16) if quick else (4, 8, 16))]}
     rows, work = [], Path(tempfile.mkdtemp(prefix="bench-predictor-"))
     for axis, cases in axes.items():
         for agents, per_agent, classes in cases:
+            sets = _sets(agents, per_agent, classes, "digits" if axis == "digits" else "synthetic")
             row = {"axis": axis, "agents": agents, "samples_per_agent": per_agent, "classes": classes}
-            for command in ("predict", "simulate"):
-                data = "digits" if axis == "digits" else "synthetic"
-                row[f"{command}_s"], row[f"{command}_MB"] = run_cli(
-                    [command, *_sets(agents, per_agent, classes, data), "--quiet", "--out", str(work / f"{command}.json")])
+            runs = {"simulate": ["simulate"], "predict": ["predict"]}
+            if axis == "digits":
+                runs["exact"] = ["predict", "--kernel", "exact"]
+            for name, command in runs.items():
+                out = work / f"{name}.json"
+                row[f"{name}_s"], row[f"{name}_MB"] = run_cli([*command, *sets, "--quiet", "--out", str(out)])
+            simulated = json.loads((work / "simulate.json").read_text())
+            for name in runs.keys() - {"simulate"}:
+                row[f"{name}_error"] = compare_results(json.loads((work / f"{name}.json").read_text()),
+                                                       simulated, curves=("train_loss",))["max"]
             row["ratio"] = row["simulate_s"] / row["predict_s"]
             rows.append(row)
     local = []
@@ -152,7 +162,7 @@ def cli_scaling(quick: bool) -> dict:
     size = {"samples": "samples_per_agent", "classes": "classes", "agents": "agents"}
     exponents = {f"{axis}:{cmd}": _slope([r[size[axis]] for r in rows if r["axis"] == axis],
                                          [r[f"{cmd}_s"] for r in rows if r["axis"] == axis])
-                 for axis in axes if axis != "digits" for cmd in ("predict", "simulate")}
+                 for axis in size for cmd in ("predict", "simulate")}
     exponents["samples:predict-local"] = _slope([r["samples"] for r in local], [r["predict_local_s"] for r in local])
     return {"rows": rows, "local": local, "exponents": exponents}
 
@@ -188,11 +198,17 @@ def run(quick: bool = False, out: str | None = None) -> dict:
     print(table(scale, [("N", "agents", "d"), ("n/agent", "samples_per_agent", "d"), ("Mk", "Mk", "d"),
                         ("K MB", "kernel_MB", ".1f")] + TIMES))
     cli = cli_scaling(quick)
-    print("\nwhole CLI runs (float32, width 1024, cycle, DGD, 100 rounds; synthetic data but the digits row)")
-    print(table(cli["rows"], [("axis", "axis", ""), ("N", "agents", "d"), ("n/agent", "samples_per_agent", "d"),
-                              ("classes", "classes", "d"), ("predict s", "predict_s", ".2f"),
-                              ("predict MB", "predict_MB", ".0f"), ("simulate s", "simulate_s", ".2f"),
-                              ("simulate MB", "simulate_MB", ".0f"), ("ratio", "ratio", ".1f")]))
+    print("\nwhole CLI runs (float32, width 1024, cycle, DGD, 100 rounds; synthetic data but the digits row;"
+          " error: worst agent's train loss against simulate)")
+    columns = [("axis", "axis", ""), ("N", "agents", "d"), ("n/agent", "samples_per_agent", "d"),
+               ("classes", "classes", "d"), ("predict s", "predict_s", ".2f"), ("predict MB", "predict_MB", ".0f"),
+               ("error", "predict_error", ".2%"), ("simulate s", "simulate_s", ".2f"),
+               ("simulate MB", "simulate_MB", ".0f"), ("ratio", "ratio", ".1f")]
+    print(table(cli["rows"], columns))
+    for r in cli["rows"]:
+        if "exact_s" in r:
+            print(f"  {r['axis']}: --kernel exact {r['exact_s']:.2f} s, {r['exact_MB']:.0f} MB, error "
+                  f"{r['exact_error']:.2%}, {r['simulate_s'] / r['exact_s']:.1f}x cheaper than simulate")
     print(table(cli["local"], [("n", "samples", "d"), ("classes", "classes", "d"), ("N", "agents", "d"),
                                ("local s", "predict_local_s", ".2f"), ("local MB", "predict_local_MB", ".0f")]))
     print("growth exponents (time ~ size^e): " + ", ".join(f"{k} {v:.2f}" for k, v in cli["exponents"].items()))

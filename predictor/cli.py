@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from importlib import metadata
 
 from coordinator_free.common.memory import keep_freed_memory
-from coordinator_free.common.errors import Diverged, SwarmIncomplete, Terminated, UserError, exit_status, sigterm_unwinds
+from coordinator_free.common.errors import (EXIT_PIPE_CLOSED, Diverged, SwarmIncomplete, Terminated, UserError,
+                                            exit_status, sigterm_unwinds)
 
 # The modules of predictor/commands in help order, each with the subcommands its register(subparsers) adds
 # (and sets ``func`` on); tests/test_cli.py checks that these names are exactly what the modules register.
@@ -73,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, Terminated) as err:
         print(f"p2pntk: {'terminated' if isinstance(err, Terminated) else 'interrupted'}", file=sys.stderr)
         return exit_status(err)
+    except BrokenPipeError:  # the reader went away (| head): files are written first, so nothing is lost
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return EXIT_PIPE_CLOSED
 
 
 if __name__ == "__main__":

@@ -84,8 +84,10 @@ class FactoredOperator:
     def apply_test(self, C: np.ndarray) -> np.ndarray:
         """K(X_test, X) c_q for every agent, one product for the whole swarm: (N, D k) -> (N, T k)."""
         N = C.shape[0]
-        out = self.test @ C.reshape(N, self.D, -1).astype(self.dtype)  # (N, terms T, k)
-        return self._mixed(out, axis=1).reshape(N, -1)
+        Z = np.empty((self.D, N, C.shape[1] // self.D), self.dtype)  # one (D, N k) matrix: one large product
+        Z[...] = C.reshape(N, self.D, -1).transpose(1, 0, 2)
+        out = (self.test @ Z.reshape(self.D, -1)).reshape(len(self.test), N, -1)  # (terms T, N, k)
+        return self._mixed(out, axis=0).transpose(1, 0, 2).reshape(N, -1)
 
     def coefficients(self, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(samples, c): v_q = J(X[samples])^T c_q, c (N, len(samples) k), for theta_q = theta_0 + v_q."""

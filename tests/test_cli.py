@@ -48,3 +48,15 @@ def test_a_command_imports_only_its_own_module():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "['predictor.commands.predict']"
+
+
+def test_a_closed_output_pipe_ends_quietly_and_keeps_the_results(tmp_path):
+    """`p2pntk predict | head` with the reader gone: exit 141, no traceback, the results file written."""
+    out = tmp_path / "p.json"
+    proc = subprocess.Popen([sys.executable, "-m", "predictor", "predict", "--set", "model.kind=affine",
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the command prints anything: its first line meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "Exception ignored" not in err
+    assert out.exists()

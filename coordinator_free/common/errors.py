@@ -6,7 +6,8 @@ its text: a person reads the message, a program (the loopback launcher, systemd)
     0 done   1 internal error   2 bad input (UserError)   3 address in use (AddressInUse)
     4 diverged: parameters became non-finite (Diverged)
     5 swarm incomplete: some agents failed; results were written with them marked (SwarmIncomplete)
-    130 interrupted (Ctrl-C, SIGINT)   143 terminated (SIGTERM)
+    130 interrupted (Ctrl-C, SIGINT)   141 the output pipe closed (``p2pntk predict | head``)
+    143 terminated (SIGTERM)
 """
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ EXIT_BAD_INPUT = UserError.exit_status
 EXIT_ADDRESS_IN_USE = AddressInUse.exit_status
 EXIT_DIVERGED = Diverged.exit_status
 EXIT_INTERRUPTED = 130
+EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE, what a shell reports for a C program cut off by ``head``
 EXIT_TERMINATED = Terminated.exit_status
 
 

@@ -30,16 +30,23 @@ def register(sub) -> None:
                    help="precision of the NTK computation; auto (default) follows train.dtype. "
                         "The dynamics always run in float64")
     p.add_argument("--kernel", choices=KERNELS, default="auto",
-                   help="the kernel's form (docs/forecast-cost.md): exact (full, cross-output blocks included), "
-                        "traced (Theta (x) I_k: exact for one output or the affine model), landmarks (its Nystrom "
-                        "factor, approximate), auto (default: exact while M k <= 2048, traced to 4096 samples, "
-                        "landmarks above)")
+                   help="the kernel's form (docs/forecast-cost.md): exact (cross-output blocks included: a matrix "
+                        "while M k <= 2048, Jacobian products above), traced (F_out (x) I + Theta_h (x) Omega: exact "
+                        "for one output or the affine model), landmarks (a Nystrom factor, approximate), auto "
+                        "(default: the exact matrix while small, then the cheaper of traced and exact products)")
     p.add_argument("--landmarks", type=int, default=DEFAULT_LANDMARKS, metavar="L",
                    help="landmark samples for --kernel landmarks (default: %(default)s)")
     p.add_argument("--no-band", action="store_true",
                    help="skip the 90%% finite-width band (train_loss_band: nonlinear against linearised gradient "
                         "descent on agent 0's samples, docs/predictor.md, \"Bands\")")
     p.set_defaults(func=run)
+
+
+def _how(results: dict) -> str:
+    """" (as Jacobian products)", " (approximate)" or "": how the kernel was applied, for the summary line."""
+    if results.get("kernel_products") == "jacobian":
+        return " (as Jacobian products)"
+    return "" if results["kernel_exact"] else " (approximate)"
 
 
 def parse_rounds(text: str, rounds: int) -> tuple[int, ...]:
@@ -77,7 +84,7 @@ def run(args) -> int:
         t, lr = spec.train, results["lr_max"]
         print(f"predict ({results['mode']}): {swarm.n_agents} agents, {spec.network.topology}, "
               f"{t.algorithm.upper()} lr={t.lr}, {t.rounds} rounds, P={swarm.cfg.num_params}, "
-              f"{results['kernel_dtype']} {results['kernel']} kernel{'' if results['kernel_exact'] else ' (approximate)'}, "
+              f"{results['kernel_dtype']} {results['kernel']} kernel{_how(results)}, "
               f"{results['timings']['total_s']:.3f}s")
         print(loss_table(results))
         print(lr_max_line(lr))
