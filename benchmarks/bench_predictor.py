@@ -215,8 +215,44 @@ def run(quick: bool = False, out: str | None = None) -> dict:
     result = {"ratio": ratio, "scaling": scale, "cli": cli}
     if out:
         write_json(out, result)
-        print(f"wrote {out}")
+        figure = plot_cli(cli, Path(out).with_suffix(".png"))
+        print(f"wrote {out}" + (f" and {figure}" if figure else ""))
     return result
+
+
+def plot_cli(cli: dict, path: Path) -> Path | None:
+    """Whole-command time of predict and simulate against samples, classes and agents (log-log), the
+    acceptance cases as bars; None without matplotlib (the ``plot`` extra)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    size = {"samples": "samples_per_agent", "classes": "classes", "agents": "agents"}
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
+    for ax, (axis, key) in zip(axes, size.items()):
+        rows = [r for r in cli["rows"] if r["axis"] == axis]
+        x = [r[key] for r in rows]
+        for command, style, color in (("simulate", "s-", "tab:orange"), ("predict", "o-", "tab:blue")):
+            ax.loglog(x, [r[f"{command}_s"] for r in rows], style, color=color, label=command)
+        ax.set_xlabel(key.replace("_", " ")), ax.set_ylabel("whole command, s"), ax.set_title(f"against {axis}")
+        ax.minorticks_off()
+        ax.set_xticks(x, [str(v) for v in x])
+        ticks = [t for t in (0.5, 1, 2, 4, 8, 16, 32, 64) if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]]
+        ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+    axes[0].legend()
+    cases = [(f"{r['agents']}x{r['samples_per_agent']}x{r['classes']}\n{name}", r[f"{name}_s"])
+             for r in cli["rows"] if r["axis"] in ("digits", "fleet")
+             for name in ("predict", "exact", "simulate") if f"{name}_s" in r]
+    axes[3].barh([c for c, _ in cases][::-1], [t for _, t in cases][::-1],
+                 color=["tab:orange" if "simulate" in c else "tab:blue" for c, _ in cases][::-1])
+    axes[3].set_xlabel("whole command, s"), axes[3].set_title("acceptance cases")
+    fig.suptitle("p2pntk predict vs simulate (float32, width 1024, 100 rounds, imports included)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":

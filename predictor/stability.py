@@ -244,24 +244,30 @@ def minimality(system: ReducedSystem, factors: tuple | None = None, tol: float =
             "uncontrollable_modes": uncontrollable, "unobservable_modes": unobservable, "states": len(lam)}
 
 
-def stability_report(kp: KernelProblem, algorithm: str, alpha: float) -> dict:
+def stability_report(kp, algorithm: str, alpha: float) -> dict:
     """The ``p2pntk stability`` keys: doubly_stochastic, minimal, max_real_eig, spectral_radius, lr_max.
 
     max_real_eig is the largest real part of the eigenvalues of the reduced A - I (the flow's matrix;
     negative means the flow is asymptotically stable), spectral_radius is rho(A) at ``alpha``; both for
     ``algorithm``. The dense parts are skipped (None) when the reduced system has more than
-    MAX_FLOW_STATES states; lr_max is then the unverified closed form.
+    MAX_FLOW_STATES states, or when ``kp`` is a kernel operator rather than the matrix (a large swarm:
+    ``predictor.kernel_operators.JacobianOperator``); lr_max is then the unverified closed form.
     """
     algorithm_record(algorithm)
-    report: dict = {"algorithm": algorithm, "lr": alpha, "doubly_stochastic": doubly_stochastic(kp.W)}
-    system = reduced_system(kp, algorithm, alpha) if reduced_states(kp, algorithm) <= MAX_FLOW_STATES else None
-    if system is None:
+    W = kp.W if isinstance(kp, KernelProblem) else kp.data.W
+    report: dict = {"algorithm": algorithm, "lr": alpha, "doubly_stochastic": doubly_stochastic(W)}
+    dense = isinstance(kp, KernelProblem) and reduced_states(kp, algorithm) <= MAX_FLOW_STATES
+    if not dense:
         report.update(minimal=None, max_real_eig=None, spectral_radius=None, lr_max=lr_max_all(kp),
-                      lr_max_exact=lr_max_exact(kp.W))
+                      lr_max_exact=lr_max_exact(W))
         edge = report["lr_max"].get(algorithm)
         report["stable"] = None if edge is None else bool(alpha < edge)
-        report["note"] = f"reduced system larger than {MAX_FLOW_STATES} states: dense checks skipped"
+        report["note"] = (f"reduced system larger than {MAX_FLOW_STATES} states: dense checks skipped"
+                          if isinstance(kp, KernelProblem) else
+                          f"{kp.data.Mk} outputs: lr_max from Jacobian products; the dense checks need the "
+                          "kernel matrix and were skipped")
         return report
+    system = reduced_system(kp, algorithm, alpha)
     factors = eigen_factors(system.A)
     eig = factors[0]
     report.update(minimality(system, factors))

@@ -6,7 +6,8 @@ import time
 
 from coordinator_free.common.files import write_json
 from predictor.commands import add_spec_args, lr_max_line, swarm_from_args
-from predictor.forecast import kernel_problem
+from predictor.forecast import EXACT_MAX_OUTPUTS, kernel_problem
+from predictor.kernel_operators import JacobianOperator
 from predictor.stability import stability_report
 
 
@@ -22,8 +23,11 @@ def run(args) -> int:
     swarm = swarm_from_args(args)
     spec = swarm.spec
     t0 = time.perf_counter()
-    kp = kernel_problem(swarm)
-    report = stability_report(kp, spec.train.algorithm, float(spec.train.lr))
+    if swarm.problem.Y_train.size <= EXACT_MAX_OUTPUTS:
+        kernel = kernel_problem(swarm)
+    else:  # the matrix would be (M k)^2: the closed forms' lr_max by Jacobian products instead
+        kernel = JacobianOperator(swarm)
+    report = stability_report(kernel, spec.train.algorithm, float(spec.train.lr))
     report["spec"] = spec
     report["seconds"] = time.perf_counter() - t0
     write_json(args.out, report)
@@ -35,5 +39,7 @@ def run(args) -> int:
         print(f"max real eigenvalue of A - I ({report['algorithm'].upper()}): {fmt(report['max_real_eig'])}")
         print(f"spectral radius of A at lr={report['lr']}: {fmt(report['spectral_radius'])}")
         print(lr_max_line(lr, 6))
+        if "note" in report:
+            print(f"note: {report['note']}")
     print(f"wrote {args.out}")
     return 0
