@@ -147,7 +147,7 @@ def forecast(swarm: Swarm, mode: str = "discrete", *, kp: KernelProblem | None =
         kp = kp if kp is not None else kernel_problem(swarm, max_bytes, kernel_dtype)
         op = ExactOperator(kp)
     elif form == "jacobian":
-        op = JacobianOperator(swarm, max_bytes, kernel_dtype)
+        op = JacobianOperator(swarm, kernel_dtype)
     elif form == "traced":
         op = traced_operator(swarm, max_bytes, kernel_dtype)
     else:

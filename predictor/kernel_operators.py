@@ -107,9 +107,9 @@ class JacobianOperator:
     float32 (the board default) its products round at ~1e-6 of an output.
     """
 
-    def __init__(self, swarm: Swarm, max_bytes: int = DEFAULT_MAX_BYTES, dtype=np.float64) -> None:
+    def __init__(self, swarm: Swarm, dtype=np.float64) -> None:
         p, cfg = swarm.problem, swarm.cfg
-        self.cfg, self.theta0, self.max_bytes, self.dtype = cfg, swarm.theta0, max_bytes, np.dtype(dtype)
+        self.theta0 = swarm.theta0
         self.test = Linearisation(cfg, swarm.theta0, p.X_test, dtype)
         f0 = forward(cfg, np.asarray(swarm.theta0, dtype), p.X_train)
         self.data = _data(swarm, f0, self.test.outputs)
@@ -130,12 +130,9 @@ class JacobianOperator:
         return self.own.vjp(R.reshape(len(R), self._valid.shape[1], -1)).astype(np.float64)
 
     def apply_test(self, V: np.ndarray) -> np.ndarray:
-        """J(X_test) v for every row of V (B, P): (B, T k), in chunks of rows that keep each layer's
-        (rows, T, width) temporaries within max_bytes."""
-        T = len(self.test.inputs[0])
-        rows = max(1, int(self.max_bytes // (3 * T * max(self.cfg.layer_sizes) * self.dtype.itemsize)))
-        return np.vstack([self.test.jvp(V[i:i + rows]).reshape(len(V[i:i + rows]), -1).astype(np.float64)
-                          for i in range(0, len(V), rows)])
+        """J(X_test) v for every row of V (B, P): (B, T k). Linearisation works through the rows in
+        cache-sized groups, so B (16 rounds of every agent) costs no more memory than a few rows."""
+        return self.test.jvp(V).reshape(len(V), -1).astype(np.float64)
 
     def parameters(self, V: np.ndarray) -> np.ndarray:
         """theta_q = theta_0 + v_q: (N, P)."""

@@ -117,9 +117,12 @@ def test_bad_model_config_names_the_key():
 
 @pytest.mark.parametrize("kind,depth,act", CASES)
 @pytest.mark.parametrize("shared", [True, False])
-def test_batched_linearisation_matches_torch_jvp_and_vjp(kind, depth, act, shared):
+@pytest.mark.parametrize("group_bytes", [M.GROUP_BYTES, 1])
+def test_batched_linearisation_matches_torch_jvp_and_vjp(kind, depth, act, shared, group_bytes, monkeypatch):
     """Linearisation.jvp / .vjp over a batch of 3 tangents and residuals, on one input set shared by the
-    batch or on one set per row (the padded agents of the exact forecast), against torch's jvp and vjp."""
+    batch or on one set per row (the padded agents of the exact forecast), against torch's jvp and vjp;
+    in one group and one row at a time."""
+    monkeypatch.setattr(M, "GROUP_BYTES", group_bytes)
     cfg = ModelConfig(kind=kind, d=5, k=3, width=11, depth=depth, activation=act, w_std=1.3, b_std=0.2, seed=3)
     theta = M.init_params(cfg, np.float64)
     rng = np.random.default_rng(8)
