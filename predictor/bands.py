@@ -98,7 +98,8 @@ def global_band(cfg: ModelConfig, theta0: np.ndarray, X: np.ndarray, Y: np.ndarr
     the local band's), in ``dtype``. Minibatch noise is not in it."""
     L = np.asarray(train_loss, float)
     # the matrix (~0.04 s at 160 x 10) makes the 100 linearised steps free; products cost a pass each
-    K = empirical_ntk(cfg, theta0, X, dtype=dtype) if Y.size <= DENSE_GAP_OUTPUTS else _KernelProducts(cfg, theta0, X, dtype)
+    dense = Y.size <= DENSE_GAP_OUTPUTS
+    K = empirical_ntk(cfg, theta0, X, dtype=dtype) if dense else _KernelProducts(cfg, theta0, X, dtype)
     E = output_gap(cfg, theta0, X, Y, K, alpha, L.shape[1] - 1, dtype)
     h = np.stack([width_term(agent, E) for agent in L])
     return {"level": 0.9, "lower": np.maximum(L * (1 - h), 0.0).tolist(), "upper": (L * (1 + h)).tolist(),

@@ -125,11 +125,12 @@ def forecast(swarm: Swarm, mode: str = "discrete", *, kp: KernelProblem | None =
     Pass ``kp`` to reuse a kernel problem already computed for the same swarm. ``kernel_dtype`` is the
     precision of the kernel computation, by default the spec's train.dtype: float64 runs are float64
     throughout, and a float32 run's kernel costs half (its rounding, ~1e-7 of K, moves the forecast by
-    ~1e-7, far below the linearisation error). The dynamics always run in float64. ``kernel`` picks the
-    kernel's form (``choose_kernel``): "exact" (the full K, as a matrix or as Jacobian products), "traced"
-    (F_out (x) I_k + Theta_h (x) Omega: exact for one output and the affine model, an approximation otherwise),
-    "landmarks" (a Nystrom factor on ``landmarks`` samples) or "auto"; results say which ("kernel", with
-    "kernel_products" for the exact one) and whether it is exact ("kernel_exact").
+    ~1e-7, far below the linearisation error). The state is float64; the products run in the kernel's
+    dtype. ``kernel`` picks the kernel's form (``choose_kernel``): "exact" (the full K, as a matrix or as
+    Jacobian products), "traced" (F_out (x) I_k + Theta_h (x) Omega: exact for one output and the affine
+    model, an approximation otherwise), "landmarks" (a Nystrom factor on ``landmarks`` samples) or "auto";
+    results say which ("kernel", with "kernel_products" for the exact one) and whether it is exact
+    ("kernel_exact").
     """
     if mode not in MODES:
         raise UserError(f"mode = {mode!r}: expected one of {', '.join(MODES)}")
@@ -176,7 +177,7 @@ def forecast(swarm: Swarm, mode: str = "discrete", *, kp: KernelProblem | None =
     t4 = time.perf_counter()
     kept = {r: _parameters(swarm, op, c) for r, c in kept_c.items()}
     finite = np.isfinite(np.asarray(curves["train_loss"])).all(axis=0) & (np.abs(own).max(axis=(1, 2)) < 1e150)
-    exact = form in ("matrix", "jacobian") or (form == "traced" and (swarm.cfg.k == 1 or swarm.cfg.hidden_layers == 0))
+    exact = form in ("matrix", "jacobian") or (form == "traced" and (swarm.cfg.k == 1 or not swarm.cfg.hidden_layers))
     results = {"kind": "predict", "mode": mode, "kernel_dtype": kernel_dtype,
                "kernel": "exact" if form in ("matrix", "jacobian") else form, "kernel_exact": exact,
                **({"kernel_products": form} if form in ("matrix", "jacobian") else {}),

@@ -28,7 +28,7 @@ def register(sub) -> None:
                    help="working memory for the kernel beyond K itself, in MB (default: %(default)g)")
     p.add_argument("--kernel-dtype", choices=("auto", "float64", "float32"), default="auto",
                    help="precision of the NTK computation; auto (default) follows train.dtype. "
-                        "The dynamics always run in float64")
+                        "The state of the rounds is float64; the kernel's products run in this dtype")
     p.add_argument("--kernel", choices=KERNELS, default="auto",
                    help="the kernel's form (docs/forecast-cost.md): exact (cross-output blocks included: a matrix "
                         "while M k <= 2048, Jacobian products above), traced (F_out (x) I + Theta_h (x) Omega: exact "
