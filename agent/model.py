@@ -210,12 +210,6 @@ def forward(cfg: ModelConfig, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
     return forward_with_cache(cfg, theta, X)[0]
 
 
-def jvp(cfg: ModelConfig, theta: np.ndarray, X: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """J v, the derivative of f(X; theta) along the parameter direction v (forward mode), shape (n, k): with
-    ``backward`` (J^T r) it applies the empirical NTK J J^T without forming it."""
-    return Linearisation(cfg, theta, X).jvp(np.asarray(v)[None])[0]
-
-
 class Linearisation:
     """The Jacobian J of f(X; theta) at a fixed theta, as products: J v (``jvp``) and J^T r (``vjp``), batched.
 

@@ -38,7 +38,7 @@ def choose_kernel(kernel: str, samples: int, outputs: int, mode: str = "discrete
         return "matrix"
     if kernel != "auto":
         return "jacobian" if kernel == "exact" else kernel
-    traced_cheaper = 2 * samples * outputs < 4 * params
+    traced_cheaper = 2 * samples * outputs < 4 * params  # 2 M^2 k < 4 M P, divided by M
     return "traced" if samples <= TRACED_MAX_SAMPLES and traced_cheaper else "jacobian"
 
 
@@ -163,13 +163,14 @@ def forecast(swarm: Swarm, mode: str = "discrete", *, kp: KernelProblem | None =
         kept_c = {r: C[r] for r in keep if 0 <= r <= rounds}
     curves = loss_curves(op.data, own, test)
     t2 = time.perf_counter()
-    # matrix-free (Lanczos on the operator) for every form; the dense search only where no closed form exists
-    # a Lanczos step of the Jacobian form costs a round: there only this spec's algorithm's edge is computed
-    lr_max = lr_max_all(op, include=(alg,), only=(alg,) if form == "jacobian" else None)
-    if form == "jacobian" and lr_max.get(alg) is None and small_search(swarm, alg):
-        kp = kernel_problem(swarm, max_bytes, kernel_dtype)  # the dense search needs the matrix: small here
-    if form in ("matrix", "jacobian") and kp is not None and lr_max.get(alg) is None:
-        lr_max = lr_max_all(kp, include=(alg,), only=(alg,) if form == "jacobian" else None)
+    # matrix-free (Lanczos on the operator) for every form; a Lanczos step of the Jacobian form costs a
+    # round, so there only this spec's algorithm's edge is computed
+    only = (alg,) if form == "jacobian" else None
+    lr_max = lr_max_all(op, include=(alg,), only=only)
+    if lr_max.get(alg) is None and (form == "matrix" or (form == "jacobian" and small_search(swarm, alg))):
+        # no closed form (GT, a non-symmetric W): the dense search, which needs the matrix (small here)
+        kp = kp if kp is not None else kernel_problem(swarm, max_bytes, kernel_dtype)
+        lr_max = lr_max_all(kp, include=(alg,), only=only)
     t3 = time.perf_counter()
     if band:
         curves["train_loss_band"] = global_band(swarm.cfg, swarm.theta0, *p.agent_data(0), alpha, curves["train_loss"],

@@ -37,18 +37,6 @@ def test_forward_and_grad_match_torch_autograd(kind, depth, act):
     np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-10, atol=1e-13)
 
 
-@pytest.mark.parametrize("kind,depth,act", CASES)
-def test_jvp_matches_torch_forward_mode(kind, depth, act):
-    """agent.model.jvp (J v, used to apply the NTK without forming it) against torch's jvp."""
-    X, _ = _data()
-    cfg = ModelConfig(kind=kind, d=5, k=3, width=11, depth=depth, activation=act, w_std=1.3, b_std=0.2, seed=3)
-    theta = M.init_params(cfg, np.float64)
-    v = np.random.default_rng(5).standard_normal(cfg.num_params)
-    _, ref = torch.autograd.functional.jvp(lambda t: mlp(t, torch.tensor(X), 5, 3, vars(cfg) | {"kind": kind}),
-                                           torch.tensor(theta), torch.tensor(v))
-    np.testing.assert_allclose(M.jvp(cfg, theta, X, v), ref.numpy(), rtol=1e-10, atol=1e-13)
-
-
 @pytest.mark.parametrize("kind,depth,act", [("mlp", 2, "tanh"), ("affine", 0, "relu"), ("mlp", 1, "erf")])
 def test_grad_matches_central_finite_differences(kind, depth, act):
     X, Y = _data(k=1)
