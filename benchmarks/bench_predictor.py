@@ -3,14 +3,13 @@ number of agents N and samples M (up to N = 64). ``p2pntk bench predictor [--qui
 
 Times are the best of several repeats (the machine is shared; the minimum is the least disturbed run).
 The CLI table runs whole commands as subprocesses (imports included, as a user sees them) and reads each
-one's peak RSS from os.wait4; growth exponents are least-squares slopes of log time against log size.
+one's peak RSS from /proc (``run_cli``); growth exponents are least-squares slopes of log time against log size.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -109,13 +108,30 @@ def _scaling_row(agents: int, per_agent: int, quick: bool) -> dict:
 
 
 def run_cli(argv: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of ``python -m predictor ARGV`` run as its own process."""
+    """(wall seconds, peak RSS in MB) of ``python -m predictor ARGV`` run as its own process.
+
+    The peak is the child's VmHWM, read from /proc every 10 ms until it exits (its last value before exit).
+    Not ru_maxrss: Linux keeps the high-water mark of the memory a child had before exec, which for a fork
+    of this process is this process's own size, so every child would report at least this one's RSS.
+    """
     t = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "predictor", *argv], stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
+    peak_kb = 0
+    while proc.poll() is None:
+        peak_kb = max(peak_kb, _high_water_kb(proc.pid))
+        time.sleep(0.01)
+    if proc.returncode != 0:
         raise RuntimeError(f"p2pntk {' '.join(argv)} failed")
-    return time.perf_counter() - t, usage.ru_maxrss / 1024
+    return time.perf_counter() - t, peak_kb / 1024
+
+
+def _high_water_kb(pid: int) -> int:
+    """VmHWM of process ``pid`` in kB (its peak resident memory since exec), 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return next((int(line.split()[1]) for line in status if line.startswith("VmHWM:")), 0)
+    except (OSError, ValueError):
+        return 0
 
 
 def _sets(agents: int, per_agent: int, classes: int, data: str = "digits") -> list[str]:
