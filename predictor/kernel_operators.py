@@ -109,7 +109,7 @@ class JacobianOperator:
 
     def __init__(self, swarm: Swarm, dtype=np.float64) -> None:
         p, cfg = swarm.problem, swarm.cfg
-        self.theta0 = swarm.theta0
+        self.theta0, self.dtype = swarm.theta0, np.dtype(dtype)
         self.test = Linearisation(cfg, swarm.theta0, p.X_test, dtype)
         f0 = forward(cfg, np.asarray(swarm.theta0, dtype), p.X_train)
         self.data = _data(swarm, f0, self.test.outputs)
