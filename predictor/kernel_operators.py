@@ -6,6 +6,8 @@ for one output); and the landmark (Nystrom) factor of the output-traced kernel, 
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from agent.model import Linearisation, ModelConfig, forward, unflatten
@@ -53,8 +55,8 @@ class FactoredOperator:
         sum_t Theta_t (x) Omega_t is that of sum_t omega_t Theta_t). ``stability.operator_lr_max`` uses it."""
         def top(Om: np.ndarray | None) -> np.ndarray:
             return np.ones((1, 1)) if Om is None else np.linalg.eigvalsh(Om)[-1:].reshape(1, 1)
-        out = object.__new__(FactoredOperator)
-        out.__dict__.update(self.__dict__, mixings=[top(Om) for Om in self.mixings], columns=1, width=self.D)
+        out = copy.copy(self)  # shares the stored kernel; only the mixings and the width differ
+        out.mixings, out.columns, out.width = [top(Om) for Om in self.mixings], 1, self.D
         return out
 
     def _mixed(self, out: np.ndarray, axis: int) -> np.ndarray:
