@@ -14,7 +14,6 @@ import logging
 import sys
 
 from coordinator_free.common.errors import Diverged, Terminated, UserError, exit_status, sigterm_unwinds
-from coordinator_free.common.memory import keep_freed_memory
 
 
 DESCRIPTION = ("Run one device's peer-to-peer learner from its node file. It prints a progress line on stderr "
@@ -38,7 +37,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="p2pntk agent", description=DESCRIPTION)
     add_arguments(parser)
     args = parser.parse_args(argv)
-    keep_freed_memory()  # as `p2pntk agent` does: no page faults on each round's fresh arrays
     return run(args.node, args.verbose, args.quiet)
 
 
