@@ -56,7 +56,7 @@ def _wait_round(log: Path, k: int, timeout: float = 300.0) -> None:
 
 
 def _start(work: Path, q: int, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "agent", "-q", str(work / f"node{q}.toml")], env=env, cwd=work,
+    return subprocess.Popen([sys.executable, "-m", "agent", str(work / f"node{q}.toml")], env=env, cwd=work,
                             stderr=open(work / f"agent{q}.stderr", "a"), stdin=subprocess.DEVNULL)  # noqa: SIM115
 
 
