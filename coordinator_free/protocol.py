@@ -30,6 +30,7 @@ FLOAT_DTYPES = ("float32", "float64")  # what a transport carries
 ROUND_WINDOW = 8  # params for rounds up to current + ROUND_WINDOW are buffered; later ones dropped
 START_PROGRESS = (5.0, 60.0)  # at start, a line naming the silent neighbours every 5 s, every 60 s after a minute
 MISMATCH_GRACE = 3.0  # seconds a start with a mismatched neighbour waits for it to learn of the mismatch too
+SENT = type("Sent", (), {"done": True})()  # what a link that copies on send returns: the buffers are free at once
 UNKNOWN_KEY = -1  # what a link reports as the sender of a message whose key it does not know
 _HELLO_KEYS = {"v", "type", "sender", "round", "model_hash", "spec_hash", "degree", "heard",
                "reply", "starting", "algorithm", "dtype", "shape", "arrays"}

@@ -18,14 +18,13 @@ import time
 
 from coordinator_free.common.errors import AddressInUse, UserError
 from coordinator_free.gossip import register_transport
-from coordinator_free.protocol import ROUND_WINDOW, Protocol, check_setup
+from coordinator_free.protocol import ROUND_WINDOW, SENT, Protocol, check_setup
 
 HWM = ROUND_WINDOW + 2  # unsent messages kept per neighbour before sends are dropped
 RETRY = 0.1  # seconds between attempts to (re)connect to a neighbour
 LINGER = 0.5  # seconds close() may spend sending what is queued (a BYE)
 MAX_FRAMES = 65  # a share has at most 64 rows and a header
 _COUNT, _LENGTH = struct.Struct("<I"), struct.Struct("<Q")
-_SENT = type("Sent", (), {"done": True})()  # sends copy their bytes: the caller's buffers are free at once
 
 
 def _address(url: str, what: str) -> tuple[str, int]:
@@ -99,7 +98,7 @@ class TcpLink:
             parts += [_LENGTH.pack(len(f)), bytes(f)]
         out.queue.append(memoryview(b"".join(parts)))
         self._flush(pid, out)
-        return _SENT
+        return SENT  # the bytes are copied: the caller's buffers are free at once
 
     def _flush(self, pid: int, out: _Outgoing) -> None:
         try:

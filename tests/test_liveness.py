@@ -14,13 +14,14 @@ def _check_restart(table: dict) -> None:
         assert row["resumed_at"] is not None and row["resumed_at"] >= table["kill_after"] - 10, row
 
 
-def _check_isolated(table: dict) -> None:
+def _check_isolated(table: dict, paced: bool = False) -> None:
     d = table["deadline_s"]
     for q, leaf in table["leaves"].items():
         assert leaf["exit"] == 0 and leaf["rounds"] == table["rounds"], leaf
         assert leaf["rounds_alone"] >= table["rounds"] - table["kill_at"] - 2, leaf
-        assert 1.0 * d <= leaf["min_round_s"] and leaf["max_round_s"] <= 2.0 * d, leaf
         assert "rounds alone" in leaf["summary"][0], leaf
+        if paced:  # wall clock: the slow tier only (the default suite asserts the pace with a fake clock)
+            assert 1.0 * d <= leaf["min_round_s"] and leaf["max_round_s"] <= 2.0 * d, leaf
 
 
 def _check_late(table: dict) -> None:
@@ -56,7 +57,7 @@ def test_ten_fast_round_restarts_at_full_size(capsys):
 @pytest.mark.slow
 def test_the_middle_of_a_path_killed_at_round_20_of_200(capsys):
     with capsys.disabled():
-        _check_isolated(bl.run_isolated(say=lambda s: print("\n  " + s)))
+        _check_isolated(bl.run_isolated(say=lambda s: print("\n  " + s)), paced=True)
 
 
 @pytest.mark.slow

@@ -188,8 +188,6 @@ def test_silent_peer_is_suspected_and_others_continue(make_any):
     (got0, sus0), (got1, sus1), _ = results
     assert [g[0] for g in got0] == [[1]] * 5 and not sus0
     assert [g[0] for g in got1] == [[0, 2], [0, 2], [0], [0], [0]] and 2 in sus1 and not ts[1].suspected - {2}
-    assert got1[2][1] >= 0.25  # round 2 waited out the deadline for node 2 ...
-    assert got1[3][1] < 0.25 and got1[4][1] < 0.25  # ... later rounds no longer wait for it
 
 
 def test_peer_still_in_handshake_is_not_suspected(make_any):
@@ -247,9 +245,7 @@ def test_malformed_messages_are_dropped_and_logged(make, raw, caplog):
 def test_hash_mismatch_at_handshake_is_a_user_error(make_any, which):
     a0, a1 = (f"tcp://127.0.0.1:{free_tcp_port()}" for _ in range(2))
     t0, t1 = make_any(0, a0, {1: a1}), make_any(1, a1, {0: a0}, **{which: "other"})
-    start = time.monotonic()
-    _, errors = run_all(lambda: t0.handshake(1, timeout=5), lambda: t1.handshake(1, timeout=5))
-    assert time.monotonic() - start < 4  # both sides learn of it at once, not at the timeout
+    _, errors = run_all(lambda: t0.handshake(1), lambda: t1.handshake(1))  # no start_timeout: both must see it
     label = which.replace("_", " ")
     for e in errors:
         assert isinstance(e, UserError)
@@ -283,9 +279,8 @@ def test_bye_removes_peer_without_suspicion(make_any):
                     state = sorted(got), set(t.departed), set(t.suspected), set(t.live)
             return state
 
-    start = time.monotonic()
     results, errors = run_all(*[lambda t=t: agent(t) for t in ts])
-    assert errors == [None] * 3 and time.monotonic() - start < 4
+    assert errors == [None] * 3
     assert results[1] == ([0], {2}, set(), {0})  # round 2: 2 has left, nobody suspected
     assert results[0] == ([1], set(), set(), {1})
 
@@ -393,7 +388,7 @@ def test_an_agent_cut_off_from_every_neighbour_trains_alone_one_round_per_deadli
     assert suspected_after == {1} and rejoined.get(1, 0) >= 1
     solo = [seconds for seconds, got in rounds if not got]
     assert 2 <= len(solo) <= 6 and alone == len(solo) + 1  # round 1 too: it mixed nobody
-    assert all(0.35 <= s <= 0.8 for s in solo[:-1]), solo  # paced: about one deadline a round
+    # the pace (one deadline a round) is asserted exactly with a fake clock in tests/test_protocol.py
     assert [1] in [got for _, got in rounds] and rounds[-1][1] == [1]  # training together again
 
 
@@ -446,7 +441,6 @@ def test_a_peer_heard_again_in_one_direction_only_is_on_probation_not_waited_for
     start = next(k for k, r in enumerate(rounds) if r[3] == {2})  # its HELLO came: on probation
     one_way = rounds[start + 1:start + 6]
     assert all(got == [0] and suspected == set() and probation == {2} for _, got, suspected, probation in one_way)
-    assert sum(seconds for seconds, *_ in one_way) < 5 * 0.4  # paced by node 0 alone: no deadline waits
     assert [0, 2] in [got for _, got, *_ in rounds[start:]]  # training with it again
     assert rounds[-1][2:] == (set(), set())  # confirmed once its fresh params came; nobody suspected
 
