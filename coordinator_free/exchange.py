@@ -89,7 +89,7 @@ class Exchange:
             if now - start >= deadline:
                 self._pump(0)  # take what has arrived before deciding
                 missing -= got.keys()
-                suspect, wait = self.table.overdue(round, missing, start, self.clock())
+                suspect, wait = self.table.overdue(round, missing, start, self.clock(), deadline)
                 for pid in suspect:
                     self.log.warning("node %d: peer %d (%s) missed the %.3g s deadline of round %d; suspected from "
                                      "now on", self.node_id, pid, self.peers[pid], deadline, round)

@@ -230,20 +230,22 @@ class PeerTable:
         past = {p for p in self.live if self.peers[p].round > round}
         return (self.in_state(HANDSHAKE, LIVE, STARTING) - past) or (self.in_state(PROBATION) - past)
 
-    def overdue(self, round: int, missing: set[int], start: float, now: float) -> tuple[list[int], set[int]]:
+    def overdue(self, round: int, missing: set[int], start: float, now: float, deadline: float | None = None
+                ) -> tuple[list[int], set[int]]:
         """Past round ``round``'s deadline (it began at ``start``), what to do about the ``missing`` awaited
         neighbours: (suspect, keep waiting for). Suspected now: a neighbour silent for SILENCE, and a LIVE
         one heard but sending nothing for MAX_WAIT; no longer waited for: PROBATION ones, and neighbours
-        already past this round. The suspected ones are moved to SUSPECTED here."""
-        if now - start < self.deadline:
+        already past this round. The suspected ones are moved to SUSPECTED here. ``deadline``: this round's, if
+        not the table's."""
+        deadline = self.deadline if deadline is None else deadline
+        if now - start < deadline:
             return [], set(missing)
         suspect, wait = [], set()
         for pid in sorted(missing):
             p = self.peers[pid]
             if p.state == PROBATION or p.round > round:
                 continue
-            if now - p.heard_at >= SILENCE * self.deadline or \
-                    (p.state == LIVE and now - start >= MAX_WAIT * self.deadline):
+            if now - p.heard_at >= SILENCE * deadline or (p.state == LIVE and now - start >= MAX_WAIT * deadline):
                 suspect.append(pid)
             else:
                 wait.add(pid)

@@ -176,18 +176,19 @@ def test_silent_peer_is_suspected_and_others_continue(make_any):
             for k in range(5):
                 if t.node_id == 2 and k == 2:
                     time.sleep(0.6)  # stops sending; stays up until node 1 has given up
+                    t.close()  # gone without a BYE, as a crash would
                     return got, set()
                 waited = t.wait_seconds
                 got.append(t.exchange(k, value(t.node_id, k, np.float32), deadline=0.3 if k else 5))
                 got[-1] = (sorted(got[-1]), t.wait_seconds - waited)
-            return got, t.suspected | t.departed  # node 2 says BYE as it leaves, after node 1 suspected it
+            return got, set(t.suspected)
 
 
     results, errors = run_all(*[lambda t=t: agent(t) for t in ts])
     assert errors == [None] * 3
     (got0, sus0), (got1, sus1), _ = results
     assert [g[0] for g in got0] == [[1]] * 5 and not sus0
-    assert [g[0] for g in got1] == [[0, 2], [0, 2], [0], [0], [0]] and 2 in sus1 and not ts[1].suspected - {2}
+    assert [g[0] for g in got1] == [[0, 2], [0, 2], [0], [0], [0]] and sus1 == {2}
 
 
 def test_peer_still_in_handshake_is_not_suspected(make_any):
