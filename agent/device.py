@@ -20,7 +20,7 @@ from agent.algorithms import ALGORITHMS
 from agent.model import ModelConfig
 from agent.spec import DeviceSection, Spec
 from firmware_profiles.apply import apply_threads, check_fits, estimate_memory, estimate_round_time
-from firmware_profiles.emulation import LinkShaper, ShapedGossip
+from firmware_profiles.emulation import LinkShaper, ShapedGossip, compute_pad
 from firmware_profiles.profile import Profile, load_profile
 
 log = logging.getLogger("p2pntk.agent")
@@ -92,7 +92,5 @@ class DeviceHooks:
         return ShapedGossip(inner, self.shaper) if self.shaper else inner
 
     def after_step(self, step_seconds: float) -> None:
-        if self.emulate:
-            pad = self.estimate["compute_s"] - step_seconds
-            if pad > 0:
-                time.sleep(pad)
+        if self.emulate and (pad := compute_pad(step_seconds, self.estimate["compute_s"])) > 0:
+            time.sleep(pad)
