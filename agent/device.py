@@ -16,6 +16,8 @@ import logging
 import os
 import time
 
+import numpy as np
+
 from agent.algorithms import ALGORITHMS
 from agent.model import ModelConfig
 from agent.spec import DeviceSection, Spec
@@ -42,7 +44,7 @@ def workload(cfg: ModelConfig, spec: Spec, n_local: int, n_neighbours: int) -> d
     batch = spec.train.batch
     return {"n_params": cfg.num_params, "width": cfg.width if cfg.hidden_layers else 1, "depth": cfg.hidden_layers,
             "d": cfg.d, "k": cfg.k, "batch": n_local if batch == "full" else min(int(batch), n_local),
-            "n_neighbours": n_neighbours, "dtype_bytes": 4 if spec.train.dtype == "float32" else 8,
+            "n_neighbours": n_neighbours, "dtype_bytes": np.dtype(spec.train.dtype).itemsize,
             "messages": len(ALGORITHMS[spec.train.algorithm].messages)}
 
 

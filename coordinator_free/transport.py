@@ -57,6 +57,7 @@ import numpy as np
 import zmq
 
 from coordinator_free.wire import MAX_HEADER_BYTES, SHARE_EXTRA, Expect, WireError, decode, encode
+from coordinator_free.common.compute import DTYPES
 from coordinator_free.common.errors import AddressInUse, UserError
 from coordinator_free.gossip import register_transport
 from coordinator_free.keys import ZAP_DOMAIN, Curve, start_authenticator
@@ -111,7 +112,7 @@ class Transport:
                  logger: logging.Logger | None = None, context: zmq.Context | None = None):
         if node_id in peers:
             raise UserError(f"node {node_id} lists itself among its peers")
-        if dtype not in ("float32", "float64"):
+        if dtype not in DTYPES:
             raise UserError(f"dtype {dtype!r} is not float32 or float64")
         self.node_id, self.peers = node_id, {int(p): a for p, a in peers.items()}
         self.model_hash, self.spec_hash, self.algorithm = model_hash, spec_hash, algorithm
