@@ -332,13 +332,12 @@ def message(kind: str, *, sender: int, model_hash: str, arrays: np.ndarray | tup
     if kind not in TYPES:
         raise ValueError(f"wire.message: unknown message type {kind!r} (known: {', '.join(TYPES)})")
     spec = TYPES[kind]
-    if (spec.shape is None) != (arrays is None):
+    arrays = (arrays,) if isinstance(arrays, np.ndarray) else arrays
+    if (spec.shape is None) != (arrays is None) or (arrays is not None and not len(arrays)):
         raise ValueError(f"wire.message({kind!r}): {'takes no arrays' if spec.shape is None else 'needs arrays'}")
     encoded = {}
     if arrays is not None:
-        first = arrays if isinstance(arrays, np.ndarray) else arrays[0] if len(arrays) else np.zeros(0)
-        encoded = {"dtype": first.dtype.name, "shape": list(first.shape),
-                   "arrays": 1 if isinstance(arrays, np.ndarray) else len(arrays)}
+        encoded = {"dtype": arrays[0].dtype.name, "shape": list(arrays[0].shape), "arrays": len(arrays)}
     own = [f for f in spec.required if f.name not in encoded]
     missing = [f.name for f in own if f.name not in fields]
     unknown = sorted(fields.keys() - {f.name for f in (*own, *spec.optional)})

@@ -261,6 +261,8 @@ def test_the_builder_refuses_what_decode_would_and_fields_that_encode_fills_in()
         built("params", dtype="float32")  # encode writes it from the arrays
     with pytest.raises(ValueError, match="needs arrays"):
         message("params", sender=2, model_hash="m0", round=5, algorithm="dgd")
+    with pytest.raises(ValueError, match="needs arrays"):
+        built("share", arrays=())
     with pytest.raises(ValueError, match="takes no arrays"):
         built("bye", arrays=np.ones(3))
     with pytest.raises(ValueError, match="unknown message type 'gossip'"):
