@@ -21,7 +21,10 @@ class RoundLog:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.run = 1 + sum(1 for r in log_lines(path) if r.get("event") == "start")
+        cut = _ends_mid_line(path)
         self.fh = open(path, "a", buffering=1)  # noqa: SIM115 - closed by __exit__
+        if cut:  # the last run died mid-line: end that line, or our first one would be glued to it and lost
+            self.fh.write("\n")
 
     def write(self, record: dict) -> None:
         self.fh.write(json.dumps(record) + "\n")
@@ -31,6 +34,14 @@ class RoundLog:
 
     def __exit__(self, *exc) -> None:
         self.fh.close()
+
+
+def _ends_mid_line(path: Path) -> bool:
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    with open(path, "rb") as fh:
+        fh.seek(-1, 2)
+        return fh.read(1) != b"\n"
 
 
 def log_lines(path: Path) -> list[dict]:
