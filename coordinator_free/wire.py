@@ -218,6 +218,12 @@ def _share_rows(h: dict, name: str) -> int:
     return n
 
 
+def _params_dtype(h: dict, name: str) -> str:
+    if (dt := _field(h, name, str)) not in DTYPES:
+        raise WireError(f"dtype {dt!r:.40} not allowed (allowed: {list(DTYPES)})", field=name, header=h)
+    return dt
+
+
 def _share_dtype(h: dict, name: str) -> str:
     if (dt := _field(h, name, str)) not in DTYPES:
         raise WireError(f"dtype {dt!r:.40} not allowed in a share ({' or '.join(DTYPES)})", field=name, header=h)
@@ -249,7 +255,7 @@ TYPES: dict[str, Kind] = {
     "params": Kind(required=(Field("round", _int, _round_window),
                              Field("algorithm", _of(str), lambda a, e: None if a == e.algorithm else
                                    f"algorithm {a!r:.40} != ours {e.algorithm!r}"),
-                             Field("dtype", _of(str), lambda dt, e: None if dt in e.dtypes and dt in DTYPES else
+                             Field("dtype", _params_dtype, lambda dt, e: None if dt in e.dtypes else
                                    f"dtype {dt!r:.40} not allowed (allowed: {sorted(e.dtypes)})"),
                              Field("arrays", _int, lambda n, e: None if n == e.arrays else
                                    f"arrays {_short(n)} != ours {e.arrays}"),

@@ -257,6 +257,10 @@ def test_the_builder_refuses_what_decode_would_and_fields_that_encode_fills_in()
         built("share", arrays=tuple(np.ones(14) for _ in range(65)))
     with pytest.raises(ValueError, match="dtype 'int16' not allowed in a share"):
         built("share", arrays=np.ones(14, np.int16))
+    with pytest.raises(ValueError, match=r"dtype 'float16' not allowed \(allowed: \['float32', 'float64'\]\)"):
+        built("params", arrays=np.ones(12, np.float16))
+    with pytest.raises(WireError, match=r"dtype 'float32' not allowed \(allowed: \['float64'\]\)"):
+        decode(built("params"), expect(dtypes={"float64"}))  # a dtype we send, but not this swarm's
     with pytest.raises(ValueError, match="unknown field dtype"):
         built("params", dtype="float32")  # encode writes it from the arrays
     with pytest.raises(ValueError, match="needs arrays"):
