@@ -11,6 +11,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+import numpy as np
+
 from coordinator_free.common.compute import BACKENDS, DTYPES
 from coordinator_free.common.errors import UserError
 from coordinator_free.common.files import loads_toml, read_toml
@@ -177,7 +179,7 @@ class Profile:
 
     @property
     def dtype_bytes(self) -> int:
-        return 4 if self.dtype == "float32" else 8
+        return np.dtype(self.dtype).itemsize
 
 
 def list_profiles() -> list[str]:
