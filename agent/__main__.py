@@ -1,7 +1,8 @@
 """``python -m agent NODE.toml``: run one device's learner (the same as ``p2pntk agent NODE.toml``).
 
 Exit status: 0 done, 2 bad input (one line on stderr), 3 the bind address is already in use
-(the loopback launcher retries with new ports), 4 the parameters became non-finite, 130 interrupted
+(the loopback launcher retries with new ports), 4 the parameters became non-finite, 6 the neighbours were
+not all up within the node file's start_timeout, 7 a write failed (disk full), 130 interrupted
 (Ctrl-C), 143 terminated (SIGTERM, as systemd stops a service). On 4, 130 and 143 the agent still
 says BYE, checkpoints its last finite parameters and writes its results, marked with the reason.
 Progress goes to stderr (agent.report): a line every few seconds, every round with ``-v``, none with
@@ -13,14 +14,16 @@ import argparse
 import logging
 import sys
 
-from coordinator_free.common.errors import Diverged, Terminated, UserError, exit_status, sigterm_unwinds
+from coordinator_free.common.errors import (Diverged, StartTimedOut, StorageFailed, Terminated, UserError, exit_status,
+                                            sigterm_unwinds)
 
 
 DESCRIPTION = ("Run one device's peer-to-peer learner from its node file. It prints a progress line on stderr "
                "every few seconds and a summary at the end, appends one JSON line per round to its log, "
                "checkpoints every checkpoint_every rounds (a restart resumes) and keeps its final parameters "
                "beside its results (agentQ.params.npz, for p2pntk export-onnx --params). Exit status: 0 done, "
-               "2 bad input, 3 address in use, 4 diverged, 130 interrupted, 143 terminated.")
+               "2 bad input, 3 address in use, 4 diverged, 6 start timed out, 7 storage failed, 130 interrupted, "
+               "143 terminated.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +57,7 @@ def run(node_path: str, verbose: bool = False, quiet: bool = False) -> int:
             report = Report(node.id, node.spec.train.rounds, every=0.0 if verbose else PROGRESS_SECONDS,
                             enabled=not quiet)
             run_node(node, report)
-    except (UserError, Diverged) as err:  # AddressInUse (3) tells the loopback launcher to retry with new ports
+    except (UserError, Diverged, StartTimedOut, StorageFailed) as err:  # AddressInUse (3) tells the loopback launcher to retry with new ports
         print(f"p2pntk agent: error: {err}", file=sys.stderr)
         return exit_status(err)
     except (KeyboardInterrupt, Terminated) as err:

@@ -130,7 +130,8 @@ def agent_summary(q: int, workdir: Path, outcome: Outcome | None) -> dict:
     for key in ("bytes_sent", "bytes_received", "wait_s"):
         out[key] = own.get(key, float(sum(r.get(key, 0) for r in log)))
     out["suspected"] = own.get("suspected", log[-1]["suspected"] if log else [])
-    for key in ("wall_s", "dropped", "neighbours", "profile", "stopped", "loss_growth", "rejoined", "resumed_at_round"):
+    for key in ("wall_s", "dropped", "neighbours", "profile", "stopped", "loss_growth", "rejoined", "rounds_alone",
+                "resumed_at_round"):
         if key in own:
             out[key] = own[key]
     round_s = [r["round_s"] for r in log[1:]]
@@ -146,7 +147,7 @@ def collect_results(swarm: Swarm, workdir: Path, wall: float, outcomes: list[Out
     docs/design.md, section 6; failed agents are marked and listed in "failed_agents"."""
     per = [agent_summary(q, workdir, outcomes[q] if outcomes else None) for q in range(swarm.n_agents)]
     out = {"kind": "loopback", "spec": swarm.spec.to_dict()}
-    for key in HISTORY_KEYS:
+    for key in HISTORY_KEYS:  # round[q][i]: the round of entry i
         out[key] = [a.pop(key) for a in per]
     out["final_test_accuracy"] = [acc[-1] if acc else None for acc in out["test_accuracy"]]
     rounds = max(swarm.spec.train.rounds, 1)

@@ -12,7 +12,9 @@ log = "agent0.jsonl"                 # one JSON line per round, appended to acro
 checkpoint = "agent0.ckpt.npz"       # atomic checkpoint (this is the default name); a restart resumes from it
 checkpoint_every = 10                # rounds between checkpoints (0: only at the end)
 round_deadline = 10.0                # seconds to wait for neighbours each round
-handshake_timeout = 60.0
+handshake_timeout = 60.0              # seconds at start before a warning names the silent neighbours
+start_timeout = 600.0                # optional: give up waiting for them (exit 6, the unit restarts);
+                                     # default: wait as long as it takes
 profile = "raspberry-pi-4b"          # optional device profile (threads, dtype, kernels, emulation)
 emulate = false                      # shape sends/slow compute like the profile (loopback)
 transport = "zmq"                    # a registered board transport (coordinator_free.gossip)
@@ -103,8 +105,12 @@ class NodeConfig(Record):
     checkpoint_every: int = setting(10, integer(0), "rounds between checkpoints (0: only at the end)")
     round_deadline: float = setting(10.0, number(0.0, what="a positive number of seconds"),
                                     "seconds to wait for neighbours each round")
-    handshake_timeout: float = setting(60.0, number(0.0, what="a positive number of seconds"),
-                                       "seconds to wait for every neighbour at start")
+    handshake_timeout: float = setting(60.0, number(0.0, hi=86400.0, what="a positive number of seconds"),
+                                       "seconds at start after which a warning names the neighbours not yet up "
+                                       "(the board keeps waiting); also the summary exchange's and discovery's wait")
+    start_timeout: float | None = setting(None, number(0.0, hi=30 * 86400.0, what="a positive number of seconds"),
+                                          "seconds to wait for every neighbour at start before exiting with status 6 "
+                                          "(default: no limit)")
     profile: str | None = setting(None, text, "device profile name or path")
     emulate: bool = setting(False, flag, "shape sends and slow compute like the profile (loopback)")
     discovery: str = setting("static", one_of("static", "zeroconf"), "static peers or zeroconf discovery")

@@ -159,7 +159,8 @@ def share_summaries(node: NodeConfig, summary: Summary, timeout: float | None = 
             dtype=dtype.name, shape=(cfg.num_params,), arrays=len(alg.messages), deadline=node.round_deadline,
             curve=link_security(node, peers), logger=log) as transport:
         transport.share_origins = spec.network.agents  # from now on: a neighbour may start flooding first
-        transport.handshake(len(peers), node.handshake_timeout, extra={"spec_keys": spec_key_hashes(spec)})
+        transport.handshake(len(peers), node.start_timeout, extra={"spec_keys": spec_key_hashes(spec)},
+                            warn_after=node.handshake_timeout)
         meta, rows = to_share(summary, dtype)
         got = transport.flood(meta, rows, spec.network.agents, timeout or node.handshake_timeout)
     out = {}
@@ -168,6 +169,20 @@ def share_summaries(node: NodeConfig, summary: Summary, timeout: float | None = 
             out[origin] = summary if origin == node.id else from_share(origin, m, r, cfg.hash(), cfg.num_params)
         except UserError as err:  # one bad summary costs only itself: that board falls back to the replicas
             log.warning("node %d: %s; left out", node.id, err)
+    return out
+
+
+def degrees(peers: dict[int, str], hellos: dict[int, dict], spec: Spec) -> dict[int, int]:
+    """Each neighbour's degree, for our row of W: from its HELLO, or, for one not up when we started (the
+    swarm was running), from the spec's graph, which the HELLO would have matched."""
+    graph = None
+    out = {}
+    for pid in peers:
+        if pid in hellos:
+            out[pid] = int(hellos[pid]["degree"])
+        else:
+            graph = graph or build_graph(spec.network.topology, spec.network.agents, spec.network.seed)
+            out[pid] = graph.degree(pid)
     return out
 
 
@@ -227,12 +242,13 @@ def _train(node: NodeConfig, learner: LocalLearner, theta0: np.ndarray, cfg: Mod
             deadline=node.round_deadline, copy_sends=False, curve=curve, start_round=start, logger=log) as transport:
         roundlog.write({"event": "start", "run": roundlog.run, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                         "pid": os.getpid(), "id": node.id, "round": start, "rounds": train.rounds})
-        hellos = transport.handshake(len(peers), node.handshake_timeout, extra={"spec_keys": spec_key_hashes(spec)})
+        hellos = transport.handshake(len(peers), node.start_timeout, extra={"spec_keys": spec_key_hashes(spec)},
+                                     warn_after=node.handshake_timeout)
         spec = agree_on_tuned_values(node, transport) if state is None else checkpointed_values(node)
         node, train = node.replace(spec=spec), spec.train
         report.rounds = train.rounds
-        row = mixing_row(spec.network.weights, len(peers), {pid: int(h["degree"]) for pid, h in hellos.items()},
-                         node.id, spec.network.agents)
+        row = mixing_row(spec.network.weights, len(peers), degrees(peers, hellos, spec), node.id,
+                         spec.network.agents)
         log.info("node %d: handshake done with %s; row %s", node.id, sorted(hellos), row)
         recorder = Recorder(node, learner, cfg, transport, roundlog, hooks, report)
         if state is not None:
@@ -252,7 +268,8 @@ def _train(node: NodeConfig, learner: LocalLearner, theta0: np.ndarray, cfg: Mod
                    "wait_s": transport.wait_seconds, "wall_s": time.perf_counter() - t_start,
                    "suspected": sorted(transport.suspected), "dropped": dict(transport.drop_counts),
                    "model_hash": cfg.hash(), "n_params": cfg.num_params, "neighbours": sorted(peers),
-                   "rejoined": {str(p): n for p, n in transport.rejoined.items()}, "resumed_at_round":
+                   "rejoined": {str(p): n for p, n in transport.rejoined.items()},
+                   "rounds_alone": transport.rounds_alone, "resumed_at_round":
                    start if state is not None else None, "agreed": {"lr": train.lr, "rounds": train.rounds}}
         if hooks:
             results["profile"] = {"name": hooks.profile.name, "emulated": hooks.emulate,

@@ -108,4 +108,6 @@ def summary_line(results: dict, rounds: int, files: list[str]) -> str:
         parts.append(f"test accuracy {acc[-1]:.3f}")
     wait = results.get("wait_s", 0.0) / wall if wall > 0 else 0.0
     parts += [f"wait {100 * wait:.0f}%", f"suspected {peers(results.get('suspected', []))}"]
+    if alone := results.get("rounds_alone"):
+        parts.append(f"{alone} rounds alone")
     return ", ".join(parts) + "; wrote " + ", ".join(files)

@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-HISTORY_KEYS = ("train_loss", "test_loss", "test_accuracy")  # the per-round lists of an agent's results
+HISTORY_KEYS = ("round", "train_loss", "test_loss", "test_accuracy")  # an agent's per-round lists; "round": entry i is that round's
 
 
 class RoundLog:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -27,7 +27,6 @@ class RoundTimes:
 
     step_s: float = 0.0
     exchange_s: float = 0.0
-    received_from: list[int] = field(default_factory=list)
 
 
 def agent_round(alg: Algorithm, state: Arrays, grad_at: Callable[[np.ndarray], np.ndarray], alpha: float,
@@ -49,8 +48,6 @@ def agent_round(alg: Algorithm, state: Arrays, grad_at: Callable[[np.ndarray], n
         weights = live_row(row, set(received), me)
         ids = sorted(received)
         w = np.array([weights[me]] + [weights[r] for r in ids])
-        if times is not None:
-            times.received_from = ids
         return tuple(combine(w, np.stack([out[i]] + [received[r][i] for r in ids])) for i in range(len(out)))
 
     state = round_step(alg, state, grad_at, alpha, mix)
@@ -67,8 +64,7 @@ def rejoin(alg: Algorithm, state: Arrays, gossip: Gossip, round_: int, row: dict
     stale parameters never enter the mix; its data counts again from this round's gradient step on.
     With nothing heard (its neighbours have finished), it keeps its own state.
     """
-    listen = getattr(gossip, "listen", None)
-    heard = listen(round_) if listen else {}
+    heard = gossip.listen(round_)
     if not heard:
         return state
     ids = sorted(heard)
@@ -88,15 +84,14 @@ def run_rounds(alg: Algorithm, theta0: np.ndarray, grad: Callable[[np.ndarray, i
 
     ``grad(theta, k)`` is grad L_q on round k's batch. ``on_round(k, state, times)`` is called before
     round k's update (k = rounds: the final state), with the timings of the round that produced it:
-    logging, checkpoints, progress and emulation hook in there. A gossip with ``next_round(k)`` may move
+    logging, checkpoints, progress and emulation hook in there. The gossip's ``next_round(k)`` may move
     the agent ahead to the swarm's round (a paused or resumed agent catching up): the rounds between
     are skipped, and the agent enters through ``rejoin``.
     """
     state = alg.init(theta0, lambda t: grad(t, start)) if state is None else state
     times, k = RoundTimes(), start
-    catch_up = getattr(gossip, "next_round", lambda r: r)
     while True:
-        ahead = min(max(k, catch_up(k)), rounds)
+        ahead = min(max(k, gossip.next_round(k)), rounds)
         if k < ahead < rounds:
             state = rejoin(alg, state, gossip, ahead, row, lambda t, k=ahead: grad(t, k))
         k = ahead

@@ -1,15 +1,16 @@
 """The gossip interface of the round loop, the registry of board transports, and the in-process gossip.
 
-An agent's round (``agent.rounds``) needs one thing from the network: ``exchange(round, arrays)``,
-which sends this agent's arrays to its live neighbours and returns theirs for the same round,
-``{neighbour id: arrays}``. Implementations: ``coordinator_free.transport.Transport`` (ZeroMQ, real
-boards and loopback), ``InProcessHub`` below (the simulator, and fast tests of protocol logic) and
-``firmware_profiles.emulation.ShapedGossip`` (a wrapper that shapes the link like a board's).
+An agent's round (``agent.rounds``) needs three calls from the network, all of them in ``Gossip``:
+``exchange(round, arrays)`` sends this agent's arrays to its live neighbours and returns theirs for the
+same round, ``{neighbour id: arrays}``; ``next_round(round)`` says whether the agent fell behind and must
+skip ahead; ``listen(round)`` hears the neighbours' arrays of a round without sending (a rejoiner).
+Implementations: ``coordinator_free.protocol.Protocol`` over a link (``transport.Transport``: ZeroMQ, boards
+and loopback; ``tcp_transport.TcpTransport``: plain TCP), ``InProcessHub`` below (the simulator's lockstep
+threads) and ``firmware_profiles.emulation.ShapedGossip`` (a wrapper that shapes the link like a board's).
 
-A transport a board can run (``BoardTransport``: handshake, counters, BYE) registers itself under
-the name a node file's ``transport`` key uses, with ``@register_transport("name")``, in a module of
-this package whose name ends in ``transport``; ``transports()`` finds those modules, so adding a
-transport means adding one file.
+A transport a board can run (``BoardTransport``) registers itself under the name a node file's
+``transport`` key uses, with ``@register_transport("name")``, in a module of this package whose name ends
+in ``transport``; ``transports()`` finds those modules, so adding a transport means adding one file.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ _TRANSPORTS: dict[str, Callable[..., "BoardTransport"]] = {}
 
 
 class Gossip(Protocol):
-    """What the round loop calls once per round (docs/design.md, section 7)."""
+    """What the round loop calls (docs/design.md, section 7). Nothing else is looked up."""
 
     node_id: int
 
@@ -36,22 +37,37 @@ class Gossip(Protocol):
         """Send ``arrays`` as round ``round``; return each live neighbour's round-``round`` arrays."""
         ...
 
+    def next_round(self, round: int) -> int:
+        """``round``, or the later round the swarm is at when this agent has fallen behind it."""
+        ...
+
+    def listen(self, round: int) -> dict[int, Arrays]:
+        """The neighbours' round-``round`` arrays, heard without sending ours (copies); {} if none come."""
+        ...
+
 
 class BoardTransport(Gossip, Protocol):
     """What the agent process needs from a transport besides ``exchange`` (``Transport`` is the model).
 
     Built as ``cls(node_id, bind, peers, *, model_hash, spec_hash, algorithm, dtype, shape, arrays,
-    deadline, copy_sends, logger)`` and used as a context manager (closing its sockets on exit).
+    deadline, copy_sends, curve, start_round, logger)`` and used as a context manager (BYE, then closing its
+    sockets on exit). ``coordinator_free.protocol.Protocol`` implements all of it over a link.
     """
 
     live: set[int]
     suspected: set[int]
+    rejoined: dict[int, int]
+    share_origins: int
     bytes_sent: int
     bytes_received: int
     wait_seconds: float
+    rounds_alone: int
     drop_counts: dict[str, int]
 
-    def handshake(self, degree: int, timeout: float, extra: dict | None = None) -> dict[int, dict]: ...
+    def handshake(self, degree: int, timeout: float | None = None, extra: dict | None = None,
+                  warn_after: float | None = None) -> dict[int, dict]: ...
+
+    def flood(self, meta: dict, rows: Arrays, expected: int, timeout: float) -> dict[int, tuple[dict, Arrays]]: ...
 
     def agree(self, values: dict[str, float], steps: int) -> dict[str, float]:
         """The swarm's minimum of each value, by ``steps`` rounds of flooding (see Transport.agree)."""
@@ -126,3 +142,9 @@ class InProcessGossip:
 
     def exchange(self, round: int, arrays: Arrays) -> dict[int, Arrays]:
         return self.hub._exchange(self.node_id, tuple(arrays))
+
+    def next_round(self, round: int) -> int:
+        return round  # lockstep: nobody falls behind
+
+    def listen(self, round: int) -> dict[int, Arrays]:
+        return {}

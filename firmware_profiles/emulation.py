@@ -127,14 +127,18 @@ class ShapedGossip:
 
     Before each exchange it waits, on one uplink, for one message per live neighbour of exactly the
     size ``inner.message_bytes(round, arrays)`` puts on the wire (the real encoded bytes, header
-    included), then delegates. Everything else (``live``, ``suspected``, counters) is the inner one's.
+    included), then delegates. ``next_round`` and ``listen`` are the inner one's (listening sends nothing).
     """
 
     def __init__(self, inner, shaper: LinkShaper) -> None:
         self.inner, self.shaper = inner, shaper
+        self.node_id = inner.node_id
 
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
+    def next_round(self, round: int) -> int:
+        return self.inner.next_round(round)
+
+    def listen(self, round: int):
+        return self.inner.listen(round)
 
     def exchange(self, round: int, arrays, *args, **kw):
         nbytes = self.inner.message_bytes(round, arrays)

@@ -17,8 +17,8 @@ import sys
 from importlib import metadata
 
 from coordinator_free.common.memory import keep_freed_memory
-from coordinator_free.common.errors import (EXIT_PIPE_CLOSED, Diverged, SwarmIncomplete, Terminated, UserError,
-                                            exit_status, sigterm_unwinds)
+from coordinator_free.common.errors import (EXIT_PIPE_CLOSED, Diverged, StartTimedOut, StorageFailed, SwarmIncomplete,
+                                            Terminated, UserError, exit_status, sigterm_unwinds)
 
 # The modules of predictor/commands in help order, each with the subcommands its register(subparsers) adds
 # (and sets ``func`` on); tests/test_cli.py checks that these names are exactly what the modules register.
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with sigterm_unwinds():  # SIGTERM unwinds like Ctrl-C: the loopback launcher stops every agent it started
             return int(args.func(args) or 0)
-    except (UserError, Diverged, SwarmIncomplete) as err:
+    except (UserError, Diverged, SwarmIncomplete, StartTimedOut, StorageFailed) as err:
         print(f"p2pntk: error: {err}", file=sys.stderr)
         return exit_status(err)
     except (KeyboardInterrupt, Terminated) as err:

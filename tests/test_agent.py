@@ -15,7 +15,8 @@ from agent.model import init_params
 from agent.swarm import Swarm
 from agent.spec import load_spec, spec_hash
 from coordinator_free.keys import Curve, read_keypair, read_public
-from coordinator_free.transport import LOG_BURST, Transport
+from coordinator_free.drops import LOG_BURST
+from coordinator_free.transport import Transport
 from coordinator_free.wire import encode
 from predictor.cli import main
 

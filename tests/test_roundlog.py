@@ -27,14 +27,15 @@ def test_a_restarted_agents_log_reads_back_as_one_history(tmp_path):
     assert [r.get("event") for r in log_lines(path)] == ["start"] + [None] * 4 + ["start", "resumed"] + [None] * 4
     rounds = read_round_log(path)
     assert sorted(rounds) == list(range(6)) and rounds[3]["train_loss"] == 0.1 * 3  # the later line counts
-    assert history_from_log(path) == {"train_loss": [1.0, 0.5, 0.1 * 2, 0.1 * 3, 0.1 * 4, 0.1 * 5],
+    assert history_from_log(path) == {"round": [0, 1, 2, 3, 4, 5],
+                                      "train_loss": [1.0, 0.5, 0.1 * 2, 0.1 * 3, 0.1 * 4, 0.1 * 5],
                                       "test_loss": [2.0, 1.0, 0.2 * 2, 0.2 * 3, 0.2 * 4, 0.2 * 5],
                                       "test_accuracy": [0.5, 0.51, 0.52, 0.53, 0.54, 0.55]}
-    assert history_from_log(path, 2) == {"train_loss": [1.0, 0.5], "test_loss": [2.0, 1.0],
+    assert history_from_log(path, 2) == {"round": [0, 1], "train_loss": [1.0, 0.5], "test_loss": [2.0, 1.0],
                                          "test_accuracy": [0.5, 0.51]}
 
     # an agent that died before writing its results: the loopback swarm takes the same history from its log
     summary = agent_summary(3, tmp_path, None)
-    assert {k: summary[k] for k in ("train_loss", "test_loss", "test_accuracy")} == history_from_log(path)
+    assert {k: summary[k] for k in ("round", "train_loss", "test_loss", "test_accuracy")} == history_from_log(path)
     assert (summary["last_round"], summary["bytes_sent"], summary["wait_s"]) == (5, 60.0, 3.0)
     assert summary["mean_round_s"] == 0.25

@@ -6,6 +6,10 @@ its text: a person reads the message, a program (the loopback launcher, systemd)
     0 done   1 internal error   2 bad input (UserError)   3 address in use (AddressInUse)
     4 diverged: parameters became non-finite (Diverged)
     5 swarm incomplete: some agents failed; results were written with them marked (SwarmIncomplete)
+    6 start timed out: the neighbours were not all up within a start_timeout the operator set
+      (StartTimedOut); transient, so the shipped unit restarts the board
+    7 storage failed: a write met a full disk or an unwritable path during a run (StorageFailed); the
+      last good checkpoint stays, and the unit restarts the board after a pause
     130 interrupted (Ctrl-C, SIGINT)   141 the output pipe closed (``p2pntk predict | head``)
     143 terminated (SIGTERM)
 """
@@ -46,6 +50,20 @@ class SwarmIncomplete(Exception):
     exit_status = 5
 
 
+class StartTimedOut(Exception):
+    """The neighbours were not all up within the configured ``start_timeout``. Exit status 6: not bad input,
+    so a service manager restarts the board (a late neighbour may be up by then)."""
+
+    exit_status = 6
+
+
+class StorageFailed(Exception):
+    """A write failed during a run (a full disk, an unwritable path); the message names the path. Exit
+    status 7; the last good checkpoint is kept."""
+
+    exit_status = 7
+
+
 class Terminated(BaseException):
     """SIGTERM arrived (``sigterm_unwinds``): handled like Ctrl-C, exit status 143."""
 
@@ -55,6 +73,8 @@ class Terminated(BaseException):
 EXIT_BAD_INPUT = UserError.exit_status
 EXIT_ADDRESS_IN_USE = AddressInUse.exit_status
 EXIT_DIVERGED = Diverged.exit_status
+EXIT_START_TIMED_OUT = StartTimedOut.exit_status
+EXIT_STORAGE_FAILED = StorageFailed.exit_status
 EXIT_INTERRUPTED = 130
 EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE, what a shell reports for a C program cut off by ``head``
 EXIT_TERMINATED = Terminated.exit_status
