@@ -8,7 +8,8 @@ profile's bandwidth (or ``link_mbit``) with ``tc tbf`` (coordinator_free.netns).
 so and falls back to 127.0.0.1: each bundle gets a ``node.rehearsal.toml`` with loopback addresses.
 
 Faults (``Fault.parse``): ``kill:B@R`` kills board B with SIGKILL once it logs round R;
-``partition:B@R:S`` cuts board B's link for S seconds at round R (namespaces only).
+``partition:B@R:S`` cuts board B's link for S seconds at round R (namespaces only); ``late:B:S`` starts
+board B S seconds after the others, as a board brought up by hand would be.
 The outcome (every board's state, losses and pace, and the mode) goes to ``root/rehearsal.json``.
 """
 from __future__ import annotations
@@ -45,9 +46,13 @@ class Fault:
 
     @classmethod
     def parse(cls, text: str) -> "Fault":
-        """``kill:B@R`` or ``partition:B@R:SECONDS``."""
+        """``kill:B@R``, ``partition:B@R:SECONDS`` or ``late:B:SECONDS`` (board B starts that much later)."""
         try:
             kind, rest = text.split(":", 1)
+            if kind == "late":
+                board, seconds = rest.split(":")
+                if float(seconds) >= 0:
+                    return cls("late", int(board), 0, float(seconds))
             board, _, when = rest.partition("@")
             parts = when.split(":")
             if kind == "kill" and len(parts) == 1:
@@ -56,7 +61,8 @@ class Fault:
                 return cls("partition", int(board), int(parts[0]), float(parts[1]))
         except ValueError:
             pass
-        raise UserError(f"--fault {text!r}: expected kill:BOARD@ROUND or partition:BOARD@ROUND:SECONDS")
+        raise UserError(f"--fault {text!r}: expected kill:BOARD@ROUND, partition:BOARD@ROUND:SECONDS or "
+                        "late:BOARD:SECONDS")
 
 
 def bundles_of(root: str | Path) -> list[Path]:
@@ -108,8 +114,9 @@ def rehearse(root: str | Path, *, link_mbit: float | None = None, faults: tuple[
             if len(commands) != 1 or commands[0][0] != "p2pntk":
                 raise UserError(f"{folder}/README.md: expected one p2pntk start command, found {commands}")
             argv = [sys.executable, "-m", "predictor", *[node_file if w == "node.toml" else w for w in commands[0][1:]]]
+            late = sum(f.seconds for f in faults if f.kind == "late" and f.board == i)
             jobs.append(Job(f"board-{i}", (hosts.prefix(i) if hosts else []) + argv, folder / nodes[i].log.name,
-                            folder / "agent.stderr", cwd=folder))
+                            folder / "agent.stderr", cwd=folder, delay=late))
         stop = threading.Event()
         injector = threading.Thread(target=_inject, args=(faults, folders, nodes, hosts, stop, say), daemon=True)
         injector.start()
@@ -144,7 +151,7 @@ def _loopback_node_files(folders: list[Path], nodes) -> None:
 
 def _inject(faults, folders, nodes, hosts, stop: threading.Event, say) -> None:
     """Apply each fault once its board has logged its round."""
-    pending = sorted(faults, key=lambda f: f.round)
+    pending = sorted((f for f in faults if f.kind != "late"), key=lambda f: f.round)  # late: the launcher's
     while pending and not stop.is_set():
         for f in list(pending):
             log = folders[f.board] / nodes[f.board].log.name

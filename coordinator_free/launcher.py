@@ -27,6 +27,7 @@ class Job:
     log: Path
     stderr: Path
     cwd: Path | None = None
+    delay: float = 0.0  # seconds after the launch before this one starts (a board brought up late)
 
 
 @dataclass
@@ -96,32 +97,39 @@ def launch(jobs: list[Job], *, expected_lines: int, timeout: float,
     neighbour). Only an exit status in ``abort_on`` (a start-up failure every job would wait on)
     stops the rest at once. At ``timeout`` the jobs still running are stopped and marked so.
     """
-    procs: list[subprocess.Popen] = []
+    procs: list[subprocess.Popen | None] = [None] * len(jobs)
     handles = []
     stopped: set[int] = set()
+    t0 = time.monotonic()
+
+    def start_due() -> None:
+        for i, job in enumerate(jobs):
+            if procs[i] is None and time.monotonic() - t0 >= job.delay:
+                job.stderr.parent.mkdir(parents=True, exist_ok=True)
+                fh = open(job.stderr, "w")  # noqa: SIM115 - closed in the finally below
+                handles.append(fh)
+                procs[i] = subprocess.Popen(job.argv, stdout=subprocess.DEVNULL, stderr=fh, stdin=subprocess.DEVNULL,
+                                            start_new_session=True, env=env, cwd=job.cwd)
+
     try:
-        for job in jobs:
-            job.stderr.parent.mkdir(parents=True, exist_ok=True)
-            fh = open(job.stderr, "w")
-            handles.append(fh)
-            procs.append(subprocess.Popen(job.argv, stdout=subprocess.DEVNULL, stderr=fh, stdin=subprocess.DEVNULL,
-                                          start_new_session=True, env=env, cwd=job.cwd))
-        deadline = time.monotonic() + timeout
+        start_due()
+        deadline = t0 + timeout
         total = expected_lines * len(jobs)
         while True:
-            codes = [p.poll() for p in procs]
+            start_due()
+            codes = [p.poll() if p is not None else None for p in procs]
             if progress:
                 progress(sum(min(_count_lines(j.log), expected_lines) for j in jobs), total)
             if all(c is not None for c in codes):
                 break
             if any(c in abort_on for c in codes) or time.monotonic() > deadline:
                 stopped = {i for i, c in enumerate(codes) if c is None}
-                _stop(procs, grace=1.0)
+                _stop([p for p in procs if p is not None], grace=1.0)
                 break
             time.sleep(poll)
-        return [Outcome(j.name, None if i in stopped else p.returncode, _tail(j.stderr))
+        return [Outcome(j.name, None if i in stopped or p is None else p.returncode, _tail(j.stderr))
                 for i, (j, p) in enumerate(zip(jobs, procs))]
     finally:
-        _stop(procs)
+        _stop([p for p in procs if p is not None])
         for fh in handles:
             fh.close()

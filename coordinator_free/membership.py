@@ -24,7 +24,9 @@ not yet proven to hear us), SUSPECTED, DEPARTED (said BYE).
   LIVE       round overdue: silent SILENCE           SUSPECTED    "silent"
   STARTING   round overdue: silent SILENCE           SUSPECTED    "silent"
   LIVE       round overdue: heard, MAX_WAIT passed   SUSPECTED    "stuck"
-  any        BYE                                     DEPARTED
+  HANDSHAKE  BYE                                     HANDSHAKE    unconfirmed again: waited for
+  any        BYE before our first round              SUSPECTED    it stopped in its start: probed
+  any other  BYE                                     DEPARTED
 
 A round waits for LIVE and STARTING neighbours that are not past it (one past it has sent its message
 for the round, if it ever will: a link keeps order); with none of those it waits for PROBATION ones up to
@@ -153,14 +155,26 @@ class PeerTable:
         """Any other valid message from ``pid`` (agree, share, shared): it is alive."""
         self.peers[pid].heard_at = now
 
-    def on_bye(self, pid: int, now: float) -> bool:
-        """``pid`` said BYE; True if that is news."""
+    def on_bye(self, pid: int, now: float, starting: bool = False) -> str | None:
+        """``pid`` said BYE: "departed" if that is news, None if not. Before our first round (``starting``) it
+        is "left during start": a board stopped in its start (a mismatch, its operator) is restarted, so it
+        is waited for again while our start lasts, and SUSPECTED (probed, re-admitted) once it is over: we
+        never train on as if it had finished."""
         p = self.peers[pid]
         p.heard_at = now
+        if starting and p.state in (STARTING, LIVE, PROBATION):
+            self._move(pid, SUSPECTED, now)
+            return "left during start"
+        if p.state == HANDSHAKE and p.mismatch:  # it stopped on the mismatch: both sides know of it
+            p.acked = p.told = True
+            return None
+        if p.state == HANDSHAKE:
+            p.hello, p.acked, p.told, p.starting = None, False, False, False
+            return "left during start"
         if p.state == DEPARTED:
-            return False
+            return None
         self._move(pid, DEPARTED, now)
-        return True
+        return "departed"
 
     def start_done(self, now: float) -> None:
         """The start is over: confirmed neighbours become LIVE (STARTING if they still are), the others

@@ -1,8 +1,9 @@
 """The gossip protocol over any link: start-up, synchronous rounds with deadlines, catch-up, BYE.
 
 ``Protocol`` is the whole board transport but its sockets: it keeps the peer table
-(coordinator_free.membership), buffers params by round, owes resends to rejoiners, validates every message
-(coordinator_free.wire) and logs what it drops; the start-up agreement and summary flooding are in
+(coordinator_free.membership), runs the start-up, buffers params by round, owes resends to rejoiners,
+validates every message (coordinator_free.wire) and logs what it drops (coordinator_free.drops). The
+rounds are in coordinator_free.exchange, the start-up agreement and summary flooding in
 coordinator_free.flooding. Bytes move through a ``Link`` (below): ZeroMQ with CURVE in
 coordinator_free.transport, plain TCP in coordinator_free.tcp_transport. docs/design.md, section 7.
 
@@ -21,13 +22,13 @@ import numpy as np
 from coordinator_free import membership as m
 from coordinator_free.common.errors import StartTimedOut, UserError
 from coordinator_free.drops import DropLog
+from coordinator_free.exchange import Exchange
 from coordinator_free.flooding import Flooding
 from coordinator_free.common.compute import DTYPES
 from coordinator_free.wire import MAX_HEADER_BYTES, SHARE_EXTRA, Expect, WireError, decode, encode
 
 FLOAT_DTYPES = DTYPES  # what a transport carries
 ROUND_WINDOW = 8  # params for rounds up to current + ROUND_WINDOW are buffered; later ones dropped
-SNAPSHOTS = 3  # snapshot buffers kept for reuse once the link is done sending them
 START_PROGRESS = (5.0, 60.0)  # at start, a line naming the silent neighbours every 5 s, every 60 s after a minute
 MISMATCH_GRACE = 3.0  # seconds a start with a mismatched neighbour waits for it to learn of the mismatch too
 UNKNOWN_KEY = -1  # what a link reports as the sender of a message whose key it does not know
@@ -72,7 +73,7 @@ def _differing(ours, theirs) -> str:
     return f"{', '.join(map(str, keys[:8]))}{' ...' if len(keys) > 8 else ''} differ" if keys else "keys differ"
 
 
-class Protocol(Flooding):
+class Protocol(Exchange, Flooding):
     """One agent's side of the gossip with its neighbours ``peers`` (id -> address) over ``link``.
 
     Counters: ``bytes_sent``, ``bytes_received`` (every message), ``wait_seconds`` (blocked waiting for
@@ -287,129 +288,6 @@ class Protocol(Flooding):
         for pid in probe:
             self._say_hello(pid, reply=False)
 
-    # -- rounds -------------------------------------------------------------------------------
-    def next_round(self, round: int) -> int:
-        """The round to run instead of ``round``: later if every live neighbour is two or more rounds past it
-        (we fell behind: paused, cut off), or, on our first round, if the neighbours we started with are all
-        past it (we resumed from a checkpoint); agent.rounds then enters through ``listen``."""
-        join, self._join = self._join, None
-        return max(self.table.catch_up(round), join if join is not None and join > round else round)
-
-    def exchange(self, round: int, arrays, deadline: float | None = None, *, copy: bool | None = None
-                 ) -> dict[int, tuple[np.ndarray, ...]]:
-        """Send ``arrays`` (the algorithm's messages, or one array) as round ``round`` to every live neighbour;
-        return the awaited neighbours' round-``round`` arrays (membership: who is awaited, and for how long).
-        An agent cut off from every neighbour trains on alone, one round per deadline, probing for them.
-        With ``copy`` (default ``copy_sends``) the arrays are snapshot first, so the caller may overwrite them."""
-        if self._closed:
-            raise RuntimeError(f"node {self.node_id}: exchange on a closed transport")
-        if not isinstance(round, int) or round < self._round:
-            raise ValueError(f"round {round!r}: rounds must be ints >= {self._round}")
-        arrays = (arrays,) if isinstance(arrays, np.ndarray) else tuple(arrays)
-        if len(arrays) != self.arrays or any(a.dtype != self.dtype or a.shape != self.shape for a in arrays):
-            raise ValueError(f"exchange got {[(a.dtype.name, list(a.shape)) for a in arrays]}, transport carries "
-                             f"{self.arrays} x {self.dtype} {list(self.shape)}")
-        deadline = self.deadline if deadline is None else deadline
-        self._round, self._starting = round, False
-        start = self.clock()
-        for old in [r for r in self._pending if r < round]:
-            del self._pending[old]
-        self._tick()
-        if self.table.isolated:
-            self._alone(round, start, deadline)
-        trackers = None
-        if self.copy_sends if copy is None else copy:
-            arrays, trackers = self._snapshot(arrays)
-        self._pay_owed()
-        frames = encode({"type": "params", "sender": self.node_id, "round": round, "algorithm": self.algorithm,
-                         "model_hash": self.model_hash}, arrays)
-        self._sent = {r: f for r, f in self._sent.items() if r == round - 1}
-        self._sent[round] = frames
-        for pid in sorted(self.table.live):
-            self._send(pid, frames, trackers=trackers)
-        self._wait(round, start, deadline)
-        got = {p: a for p, a in sorted(self._pending.pop(round, {}).items()) if p not in self.suspected}
-        if self.peers and not got:
-            self.rounds_alone += 1
-        if self._isolated_at is not None and not self.table.isolated:
-            self.log.warning("node %d: no longer isolated at round %d (%s back) after %d rounds alone", self.node_id,
-                             round, self._names(self.table.live), round - self._isolated_at)
-            self._isolated_at = None
-        return got
-
-    def _alone(self, round: int, start: float, deadline: float) -> None:
-        """Cut off: every neighbour suspected or departed. Wait out one deadline, probing, so that we neither
-        race to the last round alone nor stall; a neighbour that comes back ends the wait."""
-        if self._isolated_at is None:
-            self._isolated_at = round
-            self.log.warning("node %d: isolated at round %d: %s; training alone, one round per %.3g s deadline, "
-                             "probing for them", self.node_id, round, self._names(self.suspected), deadline)
-        t0 = self.clock()
-        while self.table.isolated and (now := self.clock()) < start + deadline:
-            self._tick()
-            self._pump(min(start + deadline - now, self.deadline * m.PROBE))
-        self.wait_seconds += self.clock() - t0
-
-    def _wait(self, round: int, start: float, deadline: float) -> None:
-        """Pump until every awaited neighbour's round-``round`` params are in, or membership gives up on them."""
-        got, beat = self._pending[round], max(deadline * m.HEARTBEAT, 0.01)
-        t0 = now = self.clock()
-        next_beat, gave_up = start + beat, set()
-        while missing := self.table.awaited(round) - got.keys() - gave_up:
-            self._tick()
-            if now - start >= deadline:
-                self._pump(0)  # take what has arrived before deciding
-                missing -= got.keys()
-                suspect, wait = self.table.overdue(round, missing, start, self.clock())
-                for pid in suspect:
-                    self.log.warning("node %d: peer %d (%s) missed the %.3g s deadline of round %d; suspected from "
-                                     "now on", self.node_id, pid, self.peers[pid], deadline, round)
-                gave_up |= missing - wait
-                if not wait:
-                    continue
-            if now >= next_beat:
-                for pid in sorted(self.table.live):
-                    self._say_hello(pid, reply=True)
-                self._pay_owed()
-                next_beat = now + beat
-            until = min(next_beat, start + deadline) if now - start < deadline else next_beat
-            self._pump(max(0.0, until - now))
-            now = self.clock()
-        self.wait_seconds += self.clock() - t0
-
-    def listen(self, round: int, deadline: float | None = None) -> dict[int, tuple[np.ndarray, ...]]:
-        """Live neighbours' round-``round`` params, collected for at most ``deadline`` (default: half the round
-        deadline) without sending ours: a rejoiner hears the swarm before it speaks (agent.rounds.rejoin).
-        Returns copies; the messages stay buffered for ``exchange(round)``."""
-        if round < self._round:
-            raise ValueError(f"round {round!r}: rounds must be ints >= {self._round}")
-        self._round = round
-        end = self.clock() + (self.deadline / 2 if deadline is None else deadline)
-        got = self._pending[round]
-        while (self.table.live - got.keys() - self.table.ahead(round)) and (now := self.clock()) < end:
-            self._pay_owed()
-            self._pump(min(0.05, end - now))
-        return {p: tuple(np.array(a) for a in arrays) for p, arrays in sorted(got.items()) if p not in self.suspected}
-
-    def message_bytes(self, round: int, arrays: tuple[np.ndarray, ...]) -> int:
-        """The exact bytes one round-``round`` params message with ``arrays`` puts on the wire."""
-        return sum(len(f) for f in encode({"type": "params", "sender": self.node_id, "round": round,
-                                           "algorithm": self.algorithm, "model_hash": self.model_hash}, arrays))
-
-    def _snapshot(self, arrays: tuple[np.ndarray, ...]) -> tuple[tuple[np.ndarray, ...], list]:
-        """Copy ``arrays`` into a buffer the link no longer reads (warm buffers are reused)."""
-        for buf, trackers in self._snapshots:
-            if all(t.done for t in trackers):
-                break
-        else:
-            buf, trackers = np.empty((self.arrays, *self.shape), self.dtype.newbyteorder("<")), []
-            if len(self._snapshots) < SNAPSHOTS:
-                self._snapshots.append((buf, trackers))
-        for i, a in enumerate(arrays):
-            np.copyto(buf[i], a)
-        trackers.clear()
-        return tuple(buf), trackers
-
     # -- leaving ------------------------------------------------------------------------------
     def bye(self) -> None:
         """Tell every live neighbour that we are leaving (they drop us without suspicion)."""
@@ -491,8 +369,11 @@ class Protocol(Flooding):
         if msg.type == "hello":
             return self._on_hello(s, msg.header, None)
         if msg.type == "bye":
-            if self.table.on_bye(s, now):
+            if (event := self.table.on_bye(s, now, starting=self._starting)) == "departed":
                 self.log.info("node %d: peer %d said BYE", self.node_id, s)
+            elif event:
+                self.log.warning("node %d: peer %d (%s) stopped during its start; waiting for it to come back",
+                                 self.node_id, s, self.peers[s])
             return
         if msg.type != "params":
             self.table.on_heard(s, now)

@@ -2,8 +2,10 @@
 tune (lr, rounds), the swarm agrees on their minimum before round 0 (flooded in diameter steps over the
 real ZeroMQ links), and a real mismatch names the keys that differ."""
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -18,7 +20,7 @@ SPEC = ["network.agents=4", "network.topology=path", "model.width=16", "data.sam
 PROPOSALS = [(0.5, 20), (0.42, 25), (0.61, 18), (0.47, 30)]  # (lr, rounds) each board's tune picked
 
 
-def _run(tmp_path, change):
+def _run(tmp_path, change, stop_after: int | None = None):
     """Four hand-started agents on a path, agent q's spec changed by change(q, table); their results."""
     swarm = Swarm.from_spec(load_spec(None, SPEC))
     nodes = write_node_files(swarm, tmp_path, loopback_addresses(4), round_deadline=2.0)
@@ -31,6 +33,12 @@ def _run(tmp_path, change):
         write_toml(node, node_table)
     procs = [subprocess.Popen([sys.executable, "-m", "agent", str(n), "-q"], env=agent_environment(4),
                               stderr=subprocess.PIPE, text=True) for n in nodes]
+    if stop_after is not None:  # boards that wait for neighbours which will not come: stopped as an operator would
+        procs[stop_after].wait(timeout=120)
+        time.sleep(1.0)
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
     errs = [p.communicate(timeout=120)[1] for p in procs]
     return [p.returncode for p in procs], errs
 
@@ -57,8 +65,10 @@ def test_a_real_mismatch_names_the_keys_that_differ(tmp_path):
         if q == 2:
             table["data"]["seed"], table["train"]["batch"] = 7, 5
 
-    codes, errs = _run(tmp_path, other)
-    assert codes[1] == 2 and codes[2] == 2
+    codes, errs = _run(tmp_path, other, stop_after=2)
+    assert codes[1:] == [2, 2, 2], (codes, errs)  # 2 and its neighbours 1 and 3 see the mismatch
+    assert codes[0] == 143  # node 0 went on waiting for node 1 to come back, not exiting on its account
+    assert "stopped during its start; waiting for it to come back" in errs[0]
     line = errs[1].strip().splitlines()[-1]
     assert "peer 2" in line and "data.seed, train.batch differ" in line and "Traceback" not in errs[1]
 

@@ -175,9 +175,15 @@ def test_a_start_beside_a_running_swarm_goes_on_without_a_silent_neighbour():
     assert t[0].state == m.LIVE and t[2].state == m.SUSPECTED
 
 
-def test_bye_departs_from_any_state():
+def test_bye_departs_from_any_state_but_the_start_where_the_peer_is_waited_for_again():
     t = started()
     for state in (m.LIVE, m.SUSPECTED, m.PROBATION, m.STARTING):
         t[0].state = state
-        assert t.on_bye(0, 1.0) and t[0].state == m.DEPARTED
-    assert not t.on_bye(0, 2.0)
+        assert t.on_bye(0, 1.0) == "departed" and t[0].state == m.DEPARTED
+    assert t.on_bye(0, 2.0) is None
+    s = m.PeerTable([0, 2], D)
+    for pid in (0, 2):
+        s.on_hello(pid, hello(0, starting=True), ME, 0, 0.0)
+        s[pid].told = True
+    assert s.on_bye(2, 1.0) == "left during start" and s[2].state == m.HANDSHAKE and not s[2].confirmed
+    assert not s.start_ready(2.0, None)  # it is waited for, as one not yet up

@@ -56,7 +56,8 @@ def register(sub) -> None:
                    help="shape every uplink at this rate (default: each board's profile's bandwidth, "
                         "or unshaped without a profile)")
     r.add_argument("--fault", action="append", default=[], metavar="SPEC",
-                   help="kill:BOARD@ROUND (SIGKILL) or partition:BOARD@ROUND:SECONDS (link down); repeatable")
+                   help="kill:BOARD@ROUND (SIGKILL), partition:BOARD@ROUND:SECONDS (link down) or "
+                        "late:BOARD:SECONDS (started that much after the others); repeatable")
     r.add_argument("--no-netns", action="store_true", help="run on 127.0.0.1 even as root")
     r.add_argument("--timeout", type=float, default=900.0, help="seconds before the boards are stopped (default 900)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
