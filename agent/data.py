@@ -191,18 +191,8 @@ def make_problem(data: DataSection, n_agents: int) -> Problem:
                    X_test=X[test], Y_test=targets(y[test], classes))
 
 
-PROBLEM_ARRAYS = ("X_train", "Y_train", "agent_of_sample", "X_test", "Y_test", "theta0", "W")
-
-
 def save_problem(path, problem: Problem, theta0: np.ndarray, W: np.ndarray) -> None:
     """The problem file of docs/design.md, section 6: exactly what was trained on, for independent checks."""
     write_npz(path, X_train=problem.X_train, Y_train=problem.Y_train,
               agent_of_sample=problem.agent_of_sample, X_test=problem.X_test, Y_test=problem.Y_test,
               theta0=theta0, W=W)
-
-
-def load_problem(path) -> tuple[Problem, np.ndarray, np.ndarray]:
-    """(Problem, theta0, W) from a problem file."""
-    arrays = read_npz(path, f"problem file {path}", required=PROBLEM_ARRAYS)
-    problem = Problem(**{a: arrays[a] for a in PROBLEM_ARRAYS[:5]})
-    return problem, arrays["theta0"], arrays["W"]

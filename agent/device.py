@@ -16,11 +16,13 @@ import logging
 import os
 import time
 
+import numpy as np
+
 from agent.algorithms import ALGORITHMS
 from agent.model import ModelConfig
 from agent.spec import DeviceSection, Spec
 from firmware_profiles.apply import apply_threads, check_fits, estimate_memory, estimate_round_time
-from firmware_profiles.emulation import LinkShaper, ShapedGossip
+from firmware_profiles.emulation import LinkShaper, ShapedGossip, compute_pad
 from firmware_profiles.profile import Profile, load_profile
 
 log = logging.getLogger("p2pntk.agent")
@@ -42,7 +44,7 @@ def workload(cfg: ModelConfig, spec: Spec, n_local: int, n_neighbours: int) -> d
     batch = spec.train.batch
     return {"n_params": cfg.num_params, "width": cfg.width if cfg.hidden_layers else 1, "depth": cfg.hidden_layers,
             "d": cfg.d, "k": cfg.k, "batch": n_local if batch == "full" else min(int(batch), n_local),
-            "n_neighbours": n_neighbours, "dtype_bytes": 4 if spec.train.dtype == "float32" else 8,
+            "n_neighbours": n_neighbours, "dtype_bytes": np.dtype(spec.train.dtype).itemsize,
             "messages": len(ALGORITHMS[spec.train.algorithm].messages)}
 
 
@@ -92,7 +94,5 @@ class DeviceHooks:
         return ShapedGossip(inner, self.shaper) if self.shaper else inner
 
     def after_step(self, step_seconds: float) -> None:
-        if self.emulate:
-            pad = self.estimate["compute_s"] - step_seconds
-            if pad > 0:
-                time.sleep(pad)
+        if self.emulate and (pad := compute_pad(step_seconds, self.estimate["compute_s"])) > 0:
+            time.sleep(pad)

@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.node import NodeConfig, node_table
-from agent.process import read_round_log
+from agent.node import NodeConfig, load_node, node_table
+from agent.roundlog import read_round_log
 from agent.spec import Spec
 from agent.swarm import Swarm
 from coordinator_free.common.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, UserError
@@ -266,11 +266,8 @@ def fleet_status(bundles: list[Path], now: float | None = None) -> list[dict]:
     rows = []
     for folder in bundles:
         folder = Path(folder)
-        node = read_toml(folder / "node.toml", f"bundle {folder}: node file")
-        spec = read_toml(folder / str(node.get("spec", "spec.toml")), f"bundle {folder}: spec")
-        rounds = spec.get("train", {}).get("rounds")
-        log = folder / str(node.get("log", "agent.jsonl"))
-        out = folder / str(node.get("out", "results.json"))
+        node = load_node(folder / "node.toml")  # the agent's own reading, defaults included (agentID.jsonl ...)
+        log, out = node.log, node.out
         records = read_round_log(log)
         last = records[max(records)] if records else {}
         results = json.loads(out.read_text()) if out.exists() else None
@@ -283,7 +280,7 @@ def fleet_status(bundles: list[Path], now: float | None = None) -> list[dict]:
             state = "not started"
         else:
             state = f"running (last line {now - log.stat().st_mtime:.0f} s ago)"
-        rows.append({"board": node.get("id"), "state": state, "round": last.get("round"), "rounds": rounds,
+        rows.append({"board": node.id, "state": state, "round": last.get("round"), "rounds": node.spec.train.rounds,
                      "train_loss": last.get("train_loss"), "test_loss": last.get("test_loss"),
                      "round_s": sum(recent) / len(recent) if recent else None,
                      "suspected": last.get("suspected", []), "folder": str(folder)})

@@ -1,8 +1,8 @@
 """Kernel backends: the compute a device runs for the forward pass and the loss + gradient.
 
 ``make_kernels(name, cfg, dtype, **settings)`` returns an object with ``forward(theta, X)`` and
-``loss_and_grad(theta, X, Y)``; the caller applies the update rule. ``numpy`` is the
-hand-written reference in ``agent.model``;
+``loss_and_grad(theta, X, Y)``; the caller applies the update rule. The names are
+``coordinator_free.common.compute.BACKENDS``: ``numpy`` is the hand-written reference in ``agent.model``;
 ``onnx`` (ONNX Runtime graphs built by the project) is selected with ``[train] kernels = "onnx"``.
 """
 from __future__ import annotations
@@ -11,6 +11,7 @@ import numpy as np
 
 from agent import model
 from agent.model import ModelConfig
+from coordinator_free.common.compute import BACKENDS
 from coordinator_free.common.errors import UserError
 
 
@@ -29,14 +30,21 @@ class NumpyKernels:
         return model.loss_and_grad(self.cfg, theta, X, Y)
 
 
+def _onnx(cfg: ModelConfig, dtype: np.dtype | str, **settings):
+    try:
+        from agent.onnx_kernels import OnnxKernels  # onnxruntime is an extra: imported only when chosen
+    except ImportError as err:
+        raise UserError(f"train.kernels = onnx is not available: {err}") from None
+    return OnnxKernels(cfg, dtype, **settings)
+
+
+# name -> factory(cfg, dtype, **settings), one per name of BACKENDS (tests/test_onnx_kernels.py checks it)
+_FACTORIES = {"numpy": lambda cfg, dtype, **settings: NumpyKernels(cfg, dtype), "onnx": _onnx}
+
+
 def make_kernels(name: str, cfg: ModelConfig, dtype: np.dtype | str = np.float32, **settings):
-    """The backend called ``name`` ("numpy" | "onnx") for this model and dtype."""
-    if name == "numpy":
-        return NumpyKernels(cfg, dtype)
-    if name == "onnx":
-        try:
-            from agent.onnx_kernels import OnnxKernels
-        except ImportError as err:
-            raise UserError(f"train.kernels = onnx is not available: {err}") from None
-        return OnnxKernels(cfg, dtype, **settings)
-    raise UserError(f"train.kernels = {name!r}: expected numpy or onnx")
+    """The backend called ``name`` (one of ``BACKENDS``) for this model and dtype; ``settings`` (threads,
+    providers) are for the ONNX Runtime session, and the numpy backend ignores them."""
+    if name not in _FACTORIES:
+        raise UserError(f"train.kernels = {name!r}: expected one of {', '.join(BACKENDS)}")
+    return _FACTORIES[name](cfg, dtype, **settings)

@@ -17,7 +17,7 @@ import numpy as np
 
 from agent.device import THREAD_CAP_VAR
 from agent.node import NodeConfig, node_table
-from agent.process import read_round_log
+from agent.roundlog import HISTORY_KEYS, history_from_log, read_round_log
 from agent.swarm import Swarm
 from coordinator_free.common.errors import EXIT_ADDRESS_IN_USE, EXIT_BAD_INPUT, UserError
 from coordinator_free.common.files import write_npz, write_toml
@@ -125,7 +125,7 @@ def agent_summary(q: int, workdir: Path, outcome: Outcome | None) -> dict:
     log = [r for _, r in sorted(read_round_log(workdir / f"agent{q}.jsonl").items())]
     path = workdir / f"agent{q}.json"
     own = json.loads(path.read_text()) if path.exists() else {}
-    out = {key: own.get(key, [r[key] for r in log if key in r]) for key in ("round", "train_loss", "test_loss", "test_accuracy")}
+    out = {key: own.get(key, logged) for key, logged in history_from_log(workdir / f"agent{q}.jsonl").items()}
     out["id"] = q
     for key in ("bytes_sent", "bytes_received", "wait_s"):
         out[key] = own.get(key, float(sum(r.get(key, 0) for r in log)))
@@ -147,7 +147,7 @@ def collect_results(swarm: Swarm, workdir: Path, wall: float, outcomes: list[Out
     docs/design.md, section 6; failed agents are marked and listed in "failed_agents"."""
     per = [agent_summary(q, workdir, outcomes[q] if outcomes else None) for q in range(swarm.n_agents)]
     out = {"kind": "loopback", "spec": swarm.spec.to_dict()}
-    for key in ("round", "train_loss", "test_loss", "test_accuracy"):  # round[q][i]: the round of entry i
+    for key in HISTORY_KEYS:  # round[q][i]: the round of entry i
         out[key] = [a.pop(key) for a in per]
     out["final_test_accuracy"] = [acc[-1] if acc else None for acc in out["test_accuracy"]]
     rounds = max(swarm.spec.train.rounds, 1)

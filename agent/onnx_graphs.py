@@ -21,6 +21,7 @@ import numpy as np
 from scipy import special
 
 from agent.model import ModelConfig, layer_scales
+from coordinator_free.common.compute import DTYPES
 from coordinator_free.common.errors import UserError
 
 OPSET = 17        # onnxruntime >= 1.13 runs it; so do the Jetson builds of JetPack 5 and 6
@@ -252,7 +253,7 @@ def build(kind: str, cfg: ModelConfig, dtype: np.dtype | str = np.float32, theta
     if kind not in KINDS:
         raise ValueError(f"unknown graph kind {kind!r}; expected one of {KINDS}")
     dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
+    if dtype.name not in DTYPES:
         raise UserError(f"train.dtype = {dtype.name!r}: the ONNX kernels support float32 and float64")
     g = _Graph(dtype)
     P, x_in = cfg.num_params, g.value_info(X, ["batch", cfg.d])

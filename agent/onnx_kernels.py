@@ -16,6 +16,7 @@ import onnxruntime as ort
 
 from agent import onnx_graphs
 from agent.model import ModelConfig
+from coordinator_free.common.compute import DTYPES
 from coordinator_free.common.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ class OnnxKernels:
     def __init__(self, cfg: ModelConfig, dtype: np.dtype | str = np.float32, **settings) -> None:
         onnx_graphs.require_onnx()
         self.cfg, self.dtype = cfg, np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
+        if self.dtype.name not in DTYPES:
             raise UserError(f"train.dtype = {self.dtype.name!r}: the ONNX kernels support float32 and float64")
         self.settings = session_settings(**settings)
         self._P = cfg.num_params

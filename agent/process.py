@@ -3,14 +3,13 @@
 ``run_node(node)`` loads the local data, draws theta_0 from the shared seed, handshakes with its
 neighbours over ZeroMQ (coordinator_free.transport), builds its own mixing row from their degrees
 and runs ``agent.rounds.run_rounds`` with the transport as its gossip. Each job is one small piece:
-``RoundLog`` writes the per-round JSON lines, ``Recorder`` turns rounds into the log, the history,
+``RoundLog`` (agent.roundlog) writes the per-round JSON lines, ``Recorder`` turns rounds into the log, the history,
 checkpoints, progress lines (agent.report) and emulated compute time, and ``run_node`` wires them
 together. The final parameters are always kept, beside the results (``params_path``).
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
@@ -26,6 +25,7 @@ from agent.local import LocalLearner, model_config
 from agent.model import ModelConfig, init_params
 from agent.node import NodeConfig, link_security, local_data
 from agent.report import Report
+from agent.roundlog import HISTORY_KEYS, RoundLog, history_from_log
 from agent.rounds import RoundTimes, run_rounds
 from agent.spec import Spec, spec_hash, spec_key_hashes
 from agent.summaries import Summary, from_share, to_share
@@ -36,27 +36,6 @@ from coordinator_free.topology import build_graph, mixing_row
 from firmware_profiles.apply import check_host_fits, estimate_memory
 
 log = logging.getLogger("p2pntk.agent")
-HISTORY_KEYS = ("round", "train_loss", "test_loss", "test_accuracy")  # "round": entry i is that round's
-
-
-class RoundLog:
-    """Appends one JSON line per round and flushes it, so a crash loses at most one line. The file is
-    only ever appended to: each start of the agent adds an ``{"event": "start", "run": n}`` line (n counts
-    the starts), and a resumed agent continues it (a round logged twice: the later line counts)."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.run = 1 + sum(1 for r in log_lines(path) if r.get("event") == "start")
-        self.fh = open(path, "a", buffering=1)  # noqa: SIM115 - closed by __exit__
-
-    def write(self, record: dict) -> None:
-        self.fh.write(json.dumps(record) + "\n")
-
-    def __enter__(self) -> "RoundLog":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.fh.close()
 
 
 class Recorder:
@@ -311,31 +290,6 @@ def _train(node: NodeConfig, learner: LocalLearner, theta0: np.ndarray, cfg: Mod
     if stopped is not None:
         raise stopped
     return results
-
-
-def log_lines(path: Path) -> list[dict]:
-    """Every JSON object line of a round log, rounds and events, in order; a line cut short by a crash
-    is skipped."""
-    out = []
-    for line in (Path(path).read_text().splitlines() if Path(path).exists() else []):
-        try:
-            r = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(r, dict):
-            out.append(r)
-    return out
-
-
-def read_round_log(path: Path) -> dict[int, dict]:
-    """The round log as {round: record}: the last line of each round counts; event lines are skipped."""
-    return {r["round"]: r for r in log_lines(path) if "train_loss" in r}
-
-
-def history_from_log(path: Path, before: int) -> dict[str, list]:
-    """The history of the rounds logged before ``before`` (a resumed agent's earlier life)."""
-    records = [r for k, r in sorted(read_round_log(path).items()) if k < before]
-    return {key: [r[key] for r in records if key in r] for key in HISTORY_KEYS}
 
 
 def loss_growth(losses: list[float]) -> float | None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from agent.algorithms import ALGORITHMS
+from coordinator_free.common.compute import BACKENDS, DTYPES
 from coordinator_free.common.errors import UserError
 from coordinator_free.common.files import loads_toml, read_toml
 from coordinator_free.common.schema import (Bad, Record, flag, from_user_check, integer, number, one_of,
@@ -111,8 +112,8 @@ class TrainSection(Record):
     lr: float = setting(0.5, number(0.0), "learning rate alpha")
     rounds: int = setting(100, integer(0), "rounds K")
     batch: Any = setting("full", _batch, "\"full\" or a minibatch size")
-    dtype: str = setting("float32", one_of("float32", "float64"), "float32 (boards) or float64 (exact comparisons)")
-    kernels: str = setting("numpy", one_of("numpy", "onnx"), "compute backend")
+    dtype: str = setting(DTYPES[0], one_of(*DTYPES), "float32 (boards) or float64 (exact comparisons)")
+    kernels: str = setting(BACKENDS[0], one_of(*BACKENDS), "compute backend (agent.kernels)")
 
     def __post_init__(self) -> None:
         if ALGORITHMS[self.algorithm].full_batch_only and self.batch != "full":

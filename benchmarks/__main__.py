@@ -24,6 +24,7 @@ TARGETS = {
     "agreement": "benchmarks.bench_agreement:cli",
     "catapult": "benchmarks.bench_catapult:cli",
     "local": "benchmarks.bench_local:cli",
+    "emulation": "benchmarks.bench_emulation:cli",
     "liveness": "benchmarks.bench_liveness:cli",
 }
 PROG = "p2pntk bench"

@@ -105,7 +105,7 @@ def _under_loopback(work: Path, agents: int, width: int, rounds: int, deadline: 
 
 
 def _finals(work: Path, agents: int) -> list[float | None]:
-    from agent.process import read_round_log
+    from agent.roundlog import read_round_log
     out = []
     for q in range(agents):
         records = read_round_log(work / f"agent{q}.jsonl")
@@ -114,7 +114,7 @@ def _finals(work: Path, agents: int) -> list[float | None]:
 
 
 def _longest_wait(work: Path, q: int) -> float:
-    from agent.process import read_round_log
+    from agent.roundlog import read_round_log
     return max((r.get("wait_s", 0.0) for r in read_round_log(work / f"agent{q}.jsonl").values()), default=0.0)
 
 

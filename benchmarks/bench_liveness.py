@@ -42,7 +42,7 @@ def _fault_free(swarm) -> list[list[float]]:
 
 def _logged(log: Path) -> int:
     """The highest round a log holds (-1 if none)."""
-    from agent.process import read_round_log
+    from agent.roundlog import read_round_log
     rounds = read_round_log(log) if log.exists() else {}
     return max(rounds, default=-1)
 
@@ -123,7 +123,7 @@ def run_restart(runs: int = 10, rounds: int = 300, kill_after: int = 60, width: 
 def run_isolated(rounds: int = 200, kill_at: int = 20, deadline: float = 1.0, handshake_timeout: float = 4.0,
                  say=print) -> dict:
     """The middle board of a 3-path killed at ``kill_at``: the leaves' pace and rounds alone after it."""
-    from agent.process import read_round_log
+    from agent.roundlog import read_round_log
     swarm = _swarm(3, "path", 32, rounds)
     with tempfile.TemporaryDirectory(prefix="p2pntk-liveness-") as tmp:
         work = Path(tmp) / "isolated"

@@ -30,7 +30,7 @@ def measure(mbit: float, rounds: int, work: Path) -> dict:
     from agent.device import workload
     from agent.local import model_config
     from agent.spec import load_spec
-    from agent.process import read_round_log
+    from agent.roundlog import read_round_log
     from firmware_profiles.apply import estimate_round_time
     from firmware_profiles.profile import load_profile
     inventory = work / "boards.txt"

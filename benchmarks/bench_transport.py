@@ -38,6 +38,7 @@ import numpy as np
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
+from coordinator_free.common.compute import DTYPES  # noqa: E402
 from coordinator_free.keys import Curve, new_keypair, read_keypair  # noqa: E402
 from coordinator_free.transport import Transport, free_tcp_port  # noqa: E402
 
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32")
     args = parser.parse_args(argv)
     report(run(args.params, args.repeats, args.dtype))
     return 0

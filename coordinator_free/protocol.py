@@ -24,9 +24,10 @@ from coordinator_free.common.errors import StartTimedOut, UserError
 from coordinator_free.drops import DropLog
 from coordinator_free.exchange import Exchange
 from coordinator_free.flooding import Flooding
+from coordinator_free.common.compute import DTYPES
 from coordinator_free.wire import MAX_HEADER_BYTES, SHARE_EXTRA, Expect, WireError, decode, encode
 
-FLOAT_DTYPES = ("float32", "float64")  # what a transport carries
+FLOAT_DTYPES = DTYPES  # what a transport carries
 ROUND_WINDOW = 8  # params for rounds up to current + ROUND_WINDOW are buffered; later ones dropped
 START_PROGRESS = (5.0, 60.0)  # at start, a line naming the silent neighbours every 5 s, every 60 s after a minute
 MISMATCH_GRACE = 3.0  # seconds a start with a mismatched neighbour waits for it to learn of the mismatch too

@@ -1,51 +1,55 @@
 """The p2p-ntk wire format (docs/design.md, section 7): a UTF-8 JSON header frame, then raw arrays.
 
-`encode` builds the multipart frames; `decode` validates every field against what this agent
-expects and raises `WireError` naming the first problem. Nothing from the wire is ever deserialised as code.
-
-Frames: [header] for hello, bye, agree and shared, [header, array_1, ..., array_n] for params, where n is
-the algorithm's number of messages (1 for DGD/ATC/CTA, 2 for GT: theta and the tracker), and for share,
-where n is the header's arrays. Header keys:
+``TYPES`` is the one description of each message type: its required and optional header fields, each
+with its check, and its frames. ``decode`` validates what arrives against it and against what this agent
+expects (``Expect``), raising ``WireError`` naming the first problem; ``message`` builds a message from
+it, refusing (ValueError: our own bug) a missing or unknown field; ``encode`` turns a header and arrays
+into frames. Nothing from the wire is ever deserialised as code. Header fields:
   every type  v (= PROTOCOL_VERSION), type, sender (int), model_hash (str)
-  hello       spec_hash (str), degree (int >= 0), round (the sender's current round), heard (list of
-              ids), reply (bool), extras
-  params      round (int), algorithm (str), dtype ("float32" | "float64"), shape (list of int),
-              arrays (int, = n)
-  agree       step (int), values (an object of at most MAX_AGREE_VALUES names -> positive finite
-              numbers): one step of the start-up agreement on locally tuned values (lr, rounds)
-  share       origin (the id of the agent the content is of: the sender's own, or relayed), meta (a
-              flat object of at most MAX_SHARE_META short names -> numbers, short strings or lists of
-              ints), dtype, shape (= [P + SHARE_EXTRA]), arrays (1..MAX_SHARE_ROWS): one agent's data
-              summary (agent.summaries), flooded before training; each array frame is one summary row
+  hello       spec_hash (str), degree (int), round (the sender's current round), heard (list of ids),
+              reply (bool); optional: spec_keys (at most MAX_SPEC_KEYS short names -> short strings: a
+              hash per spec key) and starting (bool: alive, but round 0 not started yet)
+  params      round (int, at most ours + the window), algorithm (str), dtype (DTYPES), shape (= [P]),
+              arrays (= the algorithm's number of messages: 1 for DGD/ATC/CTA, 2 for GT)
+  bye         nothing more: the sender is leaving
+  agree       step (int), values (at most MAX_AGREE_VALUES names -> positive finite numbers): one step of
+              the start-up agreement on locally tuned values (lr, rounds)
+  share       origin (whose summary: the sender's own, or relayed), meta (at most MAX_SHARE_META short
+              names -> numbers, short strings or lists of ints), dtype (DTYPES), shape (= [P + SHARE_EXTRA]),
+              arrays (1..MAX_SHARE_ROWS): one agent's data summary (agent.summaries), one row per frame
   shared      count (int): the sender holds every agent's share (count of them) and is done flooding
-Array frames: the prod(shape) * itemsize bytes of each array, little-endian, C order; all arrays of
-one message share the header's dtype and shape. Version 2 added the array count (version 1 carried one).
+Frames: the header, then for params and share its `arrays` array frames, each the prod(shape) * itemsize
+bytes of one array, little-endian, C order, all of the header's dtype and shape. Other types: the header
+alone. Fields the receiver does not know are ignored. Version 2 added the array count.
 
 Limits, checked before anything is converted: at most MAX_HEADER_BYTES of header, MAX_BRACKETS
 brackets, numbers of at most MAX_DIGITS digits, finite floats (no NaN/Infinity), and every int field
-in [0, MAX_INT]. Whatever a peer sends, `decode` raises nothing but `WireError`.
+in [0, MAX_INT]. Whatever a peer sends, ``decode`` raises nothing but ``WireError``.
 """
 from __future__ import annotations
 
 import json
 import math
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
+from coordinator_free.common.compute import DTYPES
+
 PROTOCOL_VERSION = 2
-MESSAGE_TYPES = ("hello", "params", "bye", "agree", "share", "shared")
 MAX_HEADER_BYTES = 65536
 MAX_BRACKETS = 32       # [ and { in one header: ours nest two deep and hold two lists
 MAX_DIGITS = 19         # a JSON number longer than this is refused before it is converted
 MAX_INT = 2**31 - 1     # every int field: ids, rounds, degrees, shape entries
 MAX_HEARD = 65536       # ids in a HELLO's heard list
-_FLOAT_DTYPES = ("float16", "float32", "float64")
+MAX_SPEC_KEYS = 64      # names in a HELLO's spec_keys
+MAX_NAME = 40           # characters of a name (and of a short string value) in values, meta and spec_keys
 MAX_AGREE_VALUES = 8    # names in an agree message's values
 MAX_SHARE_ROWS = 64     # array frames (summary rows) in one share message
 MAX_SHARE_META = 16     # names in a share message's meta
 SHARE_EXTRA = 2         # a share row is P + SHARE_EXTRA numbers: the row, then its target and label
-_FRAMES = {"hello": 1, "bye": 1, "agree": 1, "shared": 1}  # header only; params: header + `Expect.arrays` arrays
+ENCODED = ("dtype", "shape", "arrays")  # header fields that ``encode`` fills in from the arrays themselves
 
 
 def _params_header_bound() -> int:
@@ -85,6 +89,29 @@ class Message:
     round: int
     header: dict
     arrays: tuple[np.ndarray, ...] | None
+
+
+Check = Callable[[dict, str], Any]           # (header, field name) -> the value, or raise WireError
+Match = Callable[[Any, Expect], "str | None"]  # (value, what we expect) -> why it is not that, or None
+
+
+@dataclass(frozen=True)
+class Field:
+    """One header field: its ``form`` (type and range, whoever sent it: the builder checks it too) and, on
+    receipt, its ``match`` against what this agent expects (the reason it does not match, or None)."""
+    name: str
+    form: Check
+    match: Match | None = None
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One message type: its fields beyond the common ones (``COMMON``), checked in this order, the number
+    of array frames after the header (``arrays(header, expect)``), and the shape of each (None: no arrays)."""
+    required: tuple[Field, ...] = ()
+    optional: tuple[Field, ...] = ()
+    arrays: Callable[[dict, Expect], int] = lambda h, e: 0
+    shape: Callable[[Expect], tuple[int, ...]] | None = None
 
 
 def encode(header: dict, arrays: np.ndarray | tuple[np.ndarray, ...] | None = None) -> list:
@@ -153,8 +180,114 @@ def _parse_constant(text: str) -> float:
     raise ValueError(f"{text} is not allowed")
 
 
-def decode(frames: list, expect: Expect) -> Message:
-    """Validate `frames` against `expect` and return a Message, or raise WireError (see module doc)."""
+def _of(kind: type) -> Check:
+    return lambda h, name: _field(h, name, kind)
+
+
+def _names(limit: int, values: Callable[[Any], bool], what: str) -> Check:
+    """An object of at most ``limit`` short names whose values pass ``values``; ``what`` says which values."""
+    def check(h: dict, name: str) -> dict:
+        table = _field(h, name, dict)
+        if len(table) > limit or not all(isinstance(k, str) and len(k) <= MAX_NAME and values(v)
+                                         for k, v in table.items()):
+            raise WireError(f"header field '{name}' must map at most {limit} short names to {what}", field=name,
+                            header=h)
+        return table
+    return check
+
+
+def _number(v) -> bool:
+    return type(v) in (int, float)
+
+
+def _short_text(v) -> bool:
+    return isinstance(v, str) and len(v) <= MAX_NAME
+
+
+def _heard(h: dict, name: str) -> list:
+    heard = _field(h, name, list)
+    if len(heard) > MAX_HEARD or not all(type(i) is int and 0 <= i <= MAX_INT for i in heard):
+        raise WireError(f"header field '{name}' must be a list of at most {MAX_HEARD} ids in [0, {MAX_INT}]",
+                        field=name, header=h)
+    return heard
+
+
+def _share_rows(h: dict, name: str) -> int:
+    if not 1 <= (n := _int(h, name)) <= MAX_SHARE_ROWS:
+        raise WireError(f"share message with {n} arrays, expected 1..{MAX_SHARE_ROWS}", field=name, header=h)
+    return n
+
+
+def _params_dtype(h: dict, name: str) -> str:
+    if (dt := _field(h, name, str)) not in DTYPES:
+        raise WireError(f"dtype {dt!r:.40} not allowed (allowed: {list(DTYPES)})", field=name, header=h)
+    return dt
+
+
+def _share_dtype(h: dict, name: str) -> str:
+    if (dt := _field(h, name, str)) not in DTYPES:
+        raise WireError(f"dtype {dt!r:.40} not allowed in a share ({' or '.join(DTYPES)})", field=name, header=h)
+    return dt
+
+
+def _round_window(r: int, e: Expect) -> str | None:
+    return None if e.round_lo <= r <= e.round_hi else f"round {r} outside window [{e.round_lo}, {e.round_hi}]"
+
+
+def _model_shape(shape: list, e: Expect) -> str | None:
+    ok = all(type(n) is int for n in shape) and tuple(shape) == tuple(e.shape)
+    return None if ok else f"shape {shape!s:.80} != model shape {list(e.shape)}"
+
+
+def _share_width(e: Expect) -> tuple[int]:
+    return (math.prod(e.shape) + SHARE_EXTRA,)
+
+
+COMMON = (Field("sender", _int, lambda s, e: None if s in e.neighbours else
+                f"sender {s} is not a neighbour {sorted(e.neighbours)}"),
+          Field("model_hash", _of(str), lambda mh, e: None if mh == e.model_hash else
+                f"model hash {mh!r:.80} != ours {e.model_hash!r}"))
+TYPES: dict[str, Kind] = {
+    "hello": Kind(required=(Field("spec_hash", _of(str)), Field("degree", _int), Field("round", _int),
+                            Field("heard", _heard), Field("reply", _of(bool))),
+                  optional=(Field("spec_keys", _names(MAX_SPEC_KEYS, _short_text, "short strings")),
+                            Field("starting", _of(bool)))),
+    "params": Kind(required=(Field("round", _int, _round_window),
+                             Field("algorithm", _of(str), lambda a, e: None if a == e.algorithm else
+                                   f"algorithm {a!r:.40} != ours {e.algorithm!r}"),
+                             Field("dtype", _params_dtype, lambda dt, e: None if dt in e.dtypes else
+                                   f"dtype {dt!r:.40} not allowed (allowed: {sorted(e.dtypes)})"),
+                             Field("arrays", _int, lambda n, e: None if n == e.arrays else
+                                   f"arrays {_short(n)} != ours {e.arrays}"),
+                             Field("shape", _of(list), _model_shape)),
+                   arrays=lambda h, e: e.arrays, shape=lambda e: e.shape),
+    "bye": Kind(),
+    "agree": Kind(required=(Field("step", _int),
+                            Field("values", _names(MAX_AGREE_VALUES, lambda v: _number(v) and v > 0,
+                                                   "positive numbers")))),
+    "share": Kind(required=(Field("origin", _int),
+                            Field("meta", _names(MAX_SHARE_META, lambda v: _number(v) or _short_text(v) or (
+                                isinstance(v, list) and all(type(i) is int for i in v)),
+                                "numbers, short strings or lists of ints")),
+                            Field("dtype", _share_dtype),
+                            Field("shape", _of(list), lambda shape, e: None if shape == list(_share_width(e)) else
+                                  f"shape {shape!s:.80} != a share row's {list(_share_width(e))}"),
+                            Field("arrays", _share_rows)),
+                  arrays=lambda h, e: _share_rows(h, "arrays"), shape=_share_width),
+    "shared": Kind(required=(Field("count", _int),)),
+}
+MESSAGE_TYPES = tuple(TYPES)
+
+
+def _checked(h: dict, field: Field, expect: Expect):
+    value = field.form(h, field.name)
+    if field.match is not None and (why := field.match(value, expect)) is not None:
+        raise WireError(why, field=field.name, header=h)
+    return value
+
+
+def _header(frames: list) -> dict:
+    """The header frame as a dict, within the limits (module doc), or WireError."""
     if not frames:
         raise WireError("empty message (no frames)")
     head = _buffer(frames[0])
@@ -174,81 +307,57 @@ def decode(frames: list, expect: Expect) -> Message:
         raise WireError(f"header refused: {str(e):.80}") from None
     if not isinstance(h, dict):
         raise WireError(f"header is a JSON {type(h).__name__}, not an object")
+    return h
+
+
+def decode(frames: list, expect: Expect) -> Message:
+    """Validate `frames` against `TYPES` and `expect` and return a Message, or raise WireError (module doc)."""
+    h = _header(frames)
     if (v := _field(h, "v", int)) != PROTOCOL_VERSION:
         raise WireError(f"protocol version {_short(v)} but ours is {PROTOCOL_VERSION}", field="v", header=h)
-    if (kind := _field(h, "type", str)) not in MESSAGE_TYPES:
-        raise WireError(f"unknown message type {kind!r:.40}", field="type", header=h)
-    if kind == "share" and not 1 <= _int(h, "arrays") <= MAX_SHARE_ROWS:
-        raise WireError(f"share message with {h['arrays']} arrays, expected 1..{MAX_SHARE_ROWS}", field="arrays",
-                        header=h)
-    n_frames = 1 + (h["arrays"] if kind == "share" else expect.arrays)
-    if len(frames) != (n_frames := _FRAMES.get(kind, n_frames)):
-        raise WireError(f"{kind} message has {len(frames)} frames, expected {n_frames}",
-                        header=h)
-    if (sender := _int(h, "sender")) not in expect.neighbours:
-        raise WireError(f"sender {sender} is not a neighbour {sorted(expect.neighbours)}",
-                        field="sender", header=h)
-    if (mh := _field(h, "model_hash", str)) != expect.model_hash:
-        raise WireError(f"model hash {mh!r:.80} != ours {expect.model_hash!r}",
-                        field="model_hash", header=h)
-    if kind == "hello":
-        _field(h, "spec_hash", str)
-        _int(h, "degree")
-        _int(h, "round")
-        heard = _field(h, "heard", list)
-        if len(heard) > MAX_HEARD or not all(type(i) is int and 0 <= i <= MAX_INT for i in heard):
-            raise WireError(f"header field 'heard' must be a list of at most {MAX_HEARD} ids in "
-                            f"[0, {MAX_INT}]", field="heard", header=h)
-    if kind == "agree":
-        _int(h, "step")
-        values = _field(h, "values", dict)
-        if len(values) > MAX_AGREE_VALUES or not all(
-                isinstance(k, str) and len(k) <= 40 and type(v) in (int, float) and v > 0 for k, v in values.items()):
-            raise WireError(f"header field 'values' must map at most {MAX_AGREE_VALUES} short names to positive "
-                            "numbers", field="values", header=h)
-    if kind == "shared":
-        _int(h, "count")
-    if kind == "share":
-        return _share(frames, h, sender, expect)
-    if kind != "params":
-        return Message(kind, sender, -1, h, None)
-
-    r = _int(h, "round")
-    if not expect.round_lo <= r <= expect.round_hi:
-        raise WireError(f"round {r} outside window [{expect.round_lo}, {expect.round_hi}]",
-                        field="round", header=h)
-    if (alg := _field(h, "algorithm", str)) != expect.algorithm:
-        raise WireError(f"algorithm {alg!r:.40} != ours {expect.algorithm!r}", field="algorithm",
-                        header=h)
-    if (dt := _field(h, "dtype", str)) not in expect.dtypes or dt not in _FLOAT_DTYPES:
-        raise WireError(f"dtype {dt!r:.40} not allowed (allowed: {sorted(expect.dtypes)})",
-                        field="dtype", header=h)
-    if _int(h, "arrays") != expect.arrays:
-        raise WireError(f"arrays {_short(h['arrays'])} != ours {expect.arrays}", field="arrays", header=h)
-    shape = _field(h, "shape", list)
-    if not all(type(n) is int for n in shape) or tuple(shape) != tuple(expect.shape):
-        raise WireError(f"shape {shape!s:.80} != model shape {list(expect.shape)}", field="shape",
-                        header=h)
-    dtype = np.dtype(dt).newbyteorder("<")
-    return Message(kind, sender, r, h, tuple(_array(f, dtype, expect.shape, h) for f in frames[1:]))
+    if (name := _field(h, "type", str)) not in TYPES:
+        raise WireError(f"unknown message type {name!r:.40}", field="type", header=h)
+    kind = TYPES[name]
+    if len(frames) != (n_frames := 1 + kind.arrays(h, expect)):
+        raise WireError(f"{name} message has {len(frames)} frames, expected {n_frames}", header=h)
+    for field in (*COMMON, *kind.required, *(f for f in kind.optional if f.name in h)):
+        _checked(h, field, expect)
+    arrays = None
+    if kind.shape is not None:
+        dtype, shape = np.dtype(h["dtype"]).newbyteorder("<"), kind.shape(expect)
+        arrays = tuple(_array(f, dtype, shape, h) for f in frames[1:])
+    return Message(name, h["sender"], h["round"] if name == "params" else -1, h, arrays)
 
 
-def _share(frames: list, h: dict, sender: int, expect: Expect) -> Message:
-    _int(h, "origin")
-    meta = _field(h, "meta", dict)
-    if len(meta) > MAX_SHARE_META or not all(
-            isinstance(k, str) and len(k) <= 40 and (type(v) in (int, float) or (isinstance(v, str) and len(v) <= 40)
-                                                     or (isinstance(v, list) and all(type(i) is int for i in v)))
-            for k, v in meta.items()):
-        raise WireError(f"header field 'meta' must map at most {MAX_SHARE_META} short names to numbers, short "
-                        "strings or lists of ints", field="meta", header=h)
-    if (dt := _field(h, "dtype", str)) not in ("float32", "float64"):
-        raise WireError(f"dtype {dt!r:.40} not allowed in a share (float32 or float64)", field="dtype", header=h)
-    width = (math.prod(expect.shape) + SHARE_EXTRA,)
-    if (shape := _field(h, "shape", list)) != list(width):
-        raise WireError(f"shape {shape!s:.80} != a share row's {list(width)}", field="shape", header=h)
-    dtype = np.dtype(dt).newbyteorder("<")
-    return Message("share", sender, -1, h, tuple(_array(f, dtype, width, h) for f in frames[1:]))
+def message(kind: str, *, sender: int, model_hash: str, arrays: np.ndarray | tuple[np.ndarray, ...] | None = None,
+            **fields) -> list:
+    """The frames of one ``kind`` message (``TYPES``): ``fields`` are its header fields beyond the common ones,
+    except those ``encode`` fills in from ``arrays`` (``ENCODED``; params and share carry arrays, the other
+    types none). A missing or unknown field, or a value ``decode`` would refuse for its form, is our own bug:
+    ValueError naming it."""
+    if kind not in TYPES:
+        raise ValueError(f"wire.message: unknown message type {kind!r} (known: {', '.join(TYPES)})")
+    spec = TYPES[kind]
+    arrays = (arrays,) if isinstance(arrays, np.ndarray) else arrays
+    if (spec.shape is None) != (arrays is None) or (arrays is not None and not len(arrays)):
+        raise ValueError(f"wire.message({kind!r}): {'takes no arrays' if spec.shape is None else 'needs arrays'}")
+    encoded = {}
+    if arrays is not None:
+        encoded = {"dtype": arrays[0].dtype.name, "shape": list(arrays[0].shape), "arrays": len(arrays)}
+    own = [f for f in spec.required if f.name not in encoded]
+    missing = [f.name for f in own if f.name not in fields]
+    unknown = sorted(fields.keys() - {f.name for f in (*own, *spec.optional)})
+    if missing or unknown:
+        raise ValueError(f"wire.message({kind!r}): " + "; ".join(
+            ([f"missing field {', '.join(missing)}"] if missing else []) +
+            ([f"unknown field {', '.join(unknown)}"] if unknown else [])))
+    header = {"type": kind, "sender": sender, "model_hash": model_hash, **fields}
+    try:
+        for field in (*COMMON, *spec.required, *(f for f in spec.optional if f.name in fields)):
+            field.form({**header, **encoded}, field.name)
+    except WireError as err:
+        raise ValueError(f"wire.message({kind!r}): {err.reason}") from None
+    return encode(header, arrays)
 
 
 def _array(frame, dtype: np.dtype, shape: tuple[int, ...], h: dict) -> np.ndarray:

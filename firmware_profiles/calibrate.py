@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from coordinator_free.common.compute import BACKENDS, DTYPES
 from coordinator_free.common.errors import UserError
 from coordinator_free.common.files import dumps_toml, write_text
 from firmware_profiles.profile import ARCHITECTURES, MIB, Profile, parse_profile
@@ -235,7 +236,7 @@ def calibrate(out: str | Path, *, name: str | None = None, peer: str | None = No
         "memory": {"total_mb": round(total, 1), "budget_mb": round(budget, 1)},
         "cpu": {"model": cpu_model(), "peak_gflops": round(peak, 3),
                 "effective_fraction": round(min(1.0, effective / peak), 4)},
-        "kernels": {"preferred": "numpy", "providers": ["CPUExecutionProvider"], "dtype": "float32"},
+        "kernels": {"preferred": BACKENDS[0], "providers": ["CPUExecutionProvider"], "dtype": DTYPES[0]},
         "network": {"link": link, "bandwidth_mbit": round(bandwidth, 3),
                     "latency_ms": round(latency, 4)},
         "sources": {

@@ -1,4 +1,4 @@
-"""Make a fast host behave like a profiled board: a link shaper for sends, a compute throttle.
+"""Make a fast host behave like a profiled board: a link shaper for sends, compute padding.
 
 The model is the one ``apply.estimate_round_time`` computes: each message costs
 latency + 8 nbytes / bandwidth on the sender's single uplink, sends are serial; compute is
@@ -76,9 +76,7 @@ class ComputeThrottle:
     last step_seconds * host_gflops / profile_gflops: that is
     max(0, step_seconds * (host_gflops / profile_gflops - 1)). Both figures must be measured
     the same way: the profile's effective GFLOPS and ``host_gflops()`` are both sustained
-    float32 matmul rates at numpy sizes.
-    ``pad_to_flops(step_seconds, flops)`` instead pads to flops / profile_gflops, the compute_s
-    of ``estimate_round_time`` exactly, whatever the host's speed on this particular step.
+    float32 matmul rates at numpy sizes. ``compute_pad`` instead pads to the estimate's compute_s.
     """
 
     def __init__(self, profile_gflops_effective: float, host_gflops: float) -> None:
@@ -99,9 +97,18 @@ class ComputeThrottle:
         """Seconds to sleep after a host step of ``step_seconds`` (0 if the host is slower)."""
         return max(0.0, step_seconds) * (self.slowdown - 1.0)
 
-    def pad_to_flops(self, step_seconds: float, flops: float) -> float:
-        """Seconds to sleep so that the step lasts flops / (profile_gflops * 1e9) in all."""
-        return max(0.0, flops / (self.profile_gflops * 1e9) - step_seconds)
+
+def compute_pad(step_seconds: float, compute_s: float) -> float:
+    """Seconds to sleep after a host step of ``step_seconds`` so that it lasts ``compute_s`` in all: the
+    compute_s of ``apply.estimate_round_time`` (flops / effective FLOPS), whatever the host's speed on this
+    particular step. 0 if the step already took that long: emulation never speeds anything up.
+
+    Examples
+    --------
+    >>> compute_pad(0.25, 1.0), compute_pad(2.0, 1.0)
+    (0.75, 0.0)
+    """
+    return max(0.0, compute_s - step_seconds)
 
 
 @functools.lru_cache(maxsize=1)

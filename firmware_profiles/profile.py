@@ -11,6 +11,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+import numpy as np
+
+from coordinator_free.common.compute import BACKENDS, DTYPES
 from coordinator_free.common.errors import UserError
 from coordinator_free.common.files import loads_toml, read_toml
 from coordinator_free.common.schema import Bad as _Bad
@@ -18,8 +21,6 @@ from coordinator_free.common.schema import Record, one_of, setting, text
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 ARCHITECTURES = ("aarch64", "armv7l", "armv6l", "x86_64", "riscv64", "ppc64le", "s390x")
-KERNELS = ("numpy", "onnx")
-DTYPES = ("float32", "float64")
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "ROCMExecutionProvider",
                  "MIGraphXExecutionProvider", "DmlExecutionProvider", "CoreMLExecutionProvider")
 PROVIDERS = GPU_PROVIDERS + ("OpenVINOExecutionProvider", "DnnlExecutionProvider",
@@ -84,7 +85,7 @@ class ComputeSection(Record):
 
 @dataclass(frozen=True)
 class KernelsSection(Record):
-    preferred: str = setting(check=one_of(*KERNELS))
+    preferred: str = setting(check=one_of(*BACKENDS))
     providers: tuple = setting(check=_providers)
     dtype: str = setting(check=one_of(*DTYPES))
 
@@ -178,7 +179,7 @@ class Profile:
 
     @property
     def dtype_bytes(self) -> int:
-        return 4 if self.dtype == "float32" else 8
+        return np.dtype(self.dtype).itemsize
 
 
 def list_profiles() -> list[str]:

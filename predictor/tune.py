@@ -2,7 +2,8 @@
 
 ``tune(spec, budget_rounds=R)`` forecasts the swarm for every candidate on the NTK dynamics and
 returns the one with the lowest forecast loss at the budget: by default the mean over agents of
-the final training loss. Candidates never exceed the stable edge lr_max (docs/design.md, section 5). With a
+the final training loss. The default candidates run up to SAFETY = 0.9 lr_max; given ones are taken as they are,
+but one at or above the stable edge lr_max is never chosen (docs/design.md, section 5). With a
 device profile, a seconds budget becomes rounds through the profile's time per round. With a node
 file instead of a spec, the board tunes on its own data alone (predictor.local_forecast).
 """
@@ -25,7 +26,7 @@ from predictor.local_forecast import ASSUMPTION, SUMMARY_ASSUMPTION, LocalForeca
 from predictor.stability import lr_max_all
 
 GRID_POINTS = 12
-SAFETY = 0.9  # candidates stay below SAFETY * lr_max: at the edge the real network leaves the linear regime
+SAFETY = 0.9  # the default grid tops out at SAFETY * lr_max: near the edge the real network leaves the linear regime
 
 
 def lr_grid(lr_max: float, points: int = GRID_POINTS, low: float = 0.01, high: float = SAFETY) -> list[float]:

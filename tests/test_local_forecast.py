@@ -12,7 +12,7 @@ from predictor.compare import trajectory_error
 from predictor.forecast import forecast
 from predictor.local_forecast import LocalForecaster
 from predictor.ntk import empirical_ntk
-from predictor.tune import lr_grid, parse_grid, tune
+from predictor.tune import SAFETY, lr_grid, parse_grid, tune
 
 
 def _swarm(*overrides):
@@ -70,6 +70,7 @@ def test_tuner_never_picks_an_unstable_lr_and_matches_the_best_actual_run():
     result = tune(spec, budget_rounds=60)
     lr_max = result["lr_max"]
     assert all(r["lr"] < lr_max for r in result["table"]) and len(result["table"]) == 12
+    assert max(r["lr"] for r in result["table"]) == pytest.approx(SAFETY * lr_max, rel=1e-12)  # the default grid
     finals = []
     for row in result["table"]:
         s = load_spec(None, ["model.width=1024", "train.rounds=60", "network.agents=4", "data.samples_per_agent=20",
@@ -81,6 +82,9 @@ def test_tuner_never_picks_an_unstable_lr_and_matches_the_best_actual_run():
     above = tune(spec, budget_rounds=60, grid={"lr": [0.5 * lr_max, 1.5 * lr_max]})
     assert above["lr"] == pytest.approx(0.5 * lr_max)
     assert [r["stable"] for r in above["table"]] == [True, False]
+    # the default grid stops at SAFETY * lr_max, but a given candidate closer to the edge is taken as given
+    near = tune(spec, budget_rounds=60, grid={"lr": [0.95 * lr_max]})
+    assert near["lr"] == pytest.approx(0.95 * lr_max) and near["table"][0]["stable"]
 
 
 def test_grid_parsing_and_defaults():

@@ -20,6 +20,7 @@ from agent.onnx_kernels import OnnxKernels, resolve_providers
 from agent.simulator import simulate
 from agent.swarm import Swarm
 from agent.spec import load_spec
+from coordinator_free.common.compute import BACKENDS, DTYPES
 from coordinator_free.common.errors import UserError
 from predictor.cli import main
 from tests.torch_reference import max_rel_err, reference_run
@@ -286,3 +287,29 @@ def test_benchmark_script_reports_ratios():
     row = result["rows"][0]
     assert row["numpy/torch"] == pytest.approx(row["numpy_ms"] / row["torch_ms"])
     assert "OPENBLAS_CORETYPE" in result["env"] and "|" not in bench.table(result)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", BACKENDS)
+def test_every_backend_and_dtype_the_spec_accepts_builds_and_trains(name, dtype):
+    """coordinator_free.common.compute names the backends and dtypes once: each pair the spec accepts has a
+    factory in agent.kernels, whose gradient matches the float64 numpy reference."""
+    spec = load_spec(None, [f"train.kernels={name!r}", f"train.dtype={dtype!r}"])
+    cfg = ModelConfig(kind="mlp", d=6, k=2, width=40, depth=1, seed=5)
+    X, Y = _problem(cfg)
+    theta = M.init_params(cfg, spec.train.dtype)
+    kernels = make_kernels(spec.train.kernels, cfg, spec.train.dtype, threads=1)
+    value, grad = kernels.loss_and_grad(theta, X.astype(dtype), Y.astype(dtype))
+    ref_value, ref_grad = M.loss_and_grad(cfg, theta.astype(np.float64), X, Y)
+    assert kernels.name == name and grad.dtype == np.dtype(dtype)
+    assert _rel(grad, ref_grad) <= TOL[np.dtype(dtype).type] and value == pytest.approx(ref_value, rel=1e-5)
+
+
+def test_an_unknown_backend_or_dtype_is_refused_naming_the_known_ones():
+    cfg = ModelConfig(kind="affine", d=3, k=1, width=1, depth=0)
+    with pytest.raises(UserError, match="train.kernels = 'torch': expected one of numpy, onnx"):
+        make_kernels("torch", cfg)
+    with pytest.raises(UserError, match="train.kernels = 'torch'"):
+        load_spec(None, ["train.kernels='torch'"])
+    with pytest.raises(UserError, match="train.dtype = 'float16'"):
+        load_spec(None, ["train.dtype='float16'"])

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from coordinator_free.wire import PROTOCOL_VERSION, Expect, WireError, decode, encode
+from coordinator_free.wire import MESSAGE_TYPES, PROTOCOL_VERSION, TYPES, Expect, WireError, decode, encode, message
 
 SHAPE = (12,)
 
@@ -187,3 +187,105 @@ def test_wire_error_names_field_and_keeps_header():
     with pytest.raises(WireError) as info:
         decode(frames(model_hash="m1"), expect())
     assert info.value.field == "model_hash" and info.value.header["sender"] == 2
+
+
+# -- the table of message types (wire.TYPES), read by decode and by the builder wire.message --------------
+
+VALID_FIELDS = {
+    "hello": dict(spec_hash="s", degree=2, round=0, heard=[0], reply=False),
+    "params": dict(round=5, algorithm="dgd", arrays=np.arange(12, dtype=np.float32)),
+    "bye": {},
+    "agree": dict(step=1, values={"lr": 0.25, "rounds": 60}),
+    "share": dict(origin=7, meta={"kind": "class-eigen", "class_counts": [15, 15]},
+                  arrays=tuple(np.arange(14.0) + i for i in range(3))),
+    "shared": dict(count=8),
+}
+
+
+def built(kind: str, **changes) -> list:
+    return [bytes(f) for f in message(kind, sender=2, model_hash="m0", **{**VALID_FIELDS[kind], **changes})]
+
+
+def test_the_table_describes_every_message_type():
+    assert set(TYPES) == set(VALID_FIELDS) == set(MESSAGE_TYPES)
+    assert [f.name for f in TYPES["hello"].optional] == ["spec_keys", "starting"]
+    assert {k: [f.name for f in t.required] for k, t in TYPES.items() if t.shape is not None} == {
+        "params": ["round", "algorithm", "dtype", "arrays", "shape"],
+        "share": ["origin", "meta", "dtype", "shape", "arrays"]}
+
+
+@pytest.mark.parametrize("kind", sorted(VALID_FIELDS))
+def test_a_built_message_decodes_to_its_fields(kind):
+    msg = decode(built(kind), expect())
+    assert (msg.type, msg.sender, msg.round) == (kind, 2, 5 if kind == "params" else -1)
+    fields = {k: v for k, v in VALID_FIELDS[kind].items() if k != "arrays"}
+    assert {k: msg.header[k] for k in fields} == fields and msg.header["v"] == PROTOCOL_VERSION
+    sent = VALID_FIELDS[kind].get("arrays")
+    if sent is None:
+        assert msg.arrays is None and len(built(kind)) == 1
+    else:
+        sent = (sent,) if isinstance(sent, np.ndarray) else sent
+        assert [a.tobytes() for a in msg.arrays] == [a.tobytes() for a in sent]
+
+
+@pytest.mark.parametrize("kind,name", [(k, f.name) for k, t in sorted(TYPES.items()) for f in t.required])
+def test_each_types_missing_field_is_named(kind, name):
+    fr = built(kind)
+    header = json.loads(fr[0])
+    del header[name]
+    with pytest.raises(WireError) as info:
+        decode([json.dumps(header).encode(), *fr[1:]], expect())
+    assert info.value.field == name and info.value.reason == f"missing header field '{name}'"
+
+
+@pytest.mark.parametrize("kind", sorted(VALID_FIELDS))
+def test_the_builder_refuses_a_missing_or_unknown_field(kind):
+    with pytest.raises(ValueError, match=rf"wire.message\('{kind}'\): unknown field colour"):
+        built(kind, colour="red")
+    for name in [k for k in VALID_FIELDS[kind] if k != "arrays"]:
+        fields = {k: v for k, v in VALID_FIELDS[kind].items() if k != name}
+        with pytest.raises(ValueError, match=f"missing field {name}"):
+            message(kind, sender=2, model_hash="m0", **fields)
+
+
+def test_the_builder_refuses_what_decode_would_and_fields_that_encode_fills_in():
+    with pytest.raises(ValueError, match="'degree' = -1 is outside"):
+        built("hello", degree=-1)
+    with pytest.raises(ValueError, match="'values' must map at most 8 short names to positive numbers"):
+        built("agree", values={"lr": 0.0})
+    with pytest.raises(ValueError, match="share message with 65 arrays, expected 1..64"):
+        built("share", arrays=tuple(np.ones(14) for _ in range(65)))
+    with pytest.raises(ValueError, match="dtype 'int16' not allowed in a share"):
+        built("share", arrays=np.ones(14, np.int16))
+    with pytest.raises(ValueError, match=r"dtype 'float16' not allowed \(allowed: \['float32', 'float64'\]\)"):
+        built("params", arrays=np.ones(12, np.float16))
+    with pytest.raises(WireError, match=r"dtype 'float32' not allowed \(allowed: \['float64'\]\)"):
+        decode(built("params"), expect(dtypes={"float64"}))  # a dtype we send, but not this swarm's
+    with pytest.raises(ValueError, match="unknown field dtype"):
+        built("params", dtype="float32")  # encode writes it from the arrays
+    with pytest.raises(ValueError, match="needs arrays"):
+        message("params", sender=2, model_hash="m0", round=5, algorithm="dgd")
+    with pytest.raises(ValueError, match="needs arrays"):
+        built("share", arrays=())
+    with pytest.raises(ValueError, match="takes no arrays"):
+        built("bye", arrays=np.ones(3))
+    with pytest.raises(ValueError, match="unknown message type 'gossip'"):
+        message("gossip", sender=2, model_hash="m0")
+
+
+def test_hello_optional_fields_are_checked_when_present():
+    msg = decode(built("hello", spec_keys={"train.dtype": "9f8e7d6c"}, starting=True), expect())
+    assert msg.header["starting"] is True and msg.header["spec_keys"] == {"train.dtype": "9f8e7d6c"}
+    assert "starting" not in decode(built("hello"), expect()).header  # optional: absent is fine
+    cases = {"starting": (1, "header field 'starting' must be bool, got int 1"),
+             "spec_keys": ({"train.dtype": 7}, "header field 'spec_keys' must map at most 64 short names")}
+    for name, (value, reason) in cases.items():
+        header = {**json.loads(built("hello")[0]), name: value}
+        with pytest.raises(WireError) as info:
+            decode([json.dumps(header).encode()], expect())
+        assert info.value.field == name and reason in info.value.reason
+        with pytest.raises(ValueError, match=reason):
+            built("hello", **{name: value})
+    too_many = {**json.loads(built("hello")[0]), "spec_keys": {f"k{i}": "x" for i in range(65)}}
+    with pytest.raises(WireError, match="'spec_keys' must map at most 64"):
+        decode([json.dumps(too_many).encode()], expect())

@@ -39,6 +39,7 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
     max_leaves=30)
 fields = st.sampled_from(["v", "type", "sender", "round", "algorithm", "model_hash", "dtype", "shape", "arrays",
+                          "spec_keys", "starting",
                           "degree", "heard", "reply", "spec_hash"])
 
 

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 
+from coordinator_free.common.compute import DTYPES
 from coordinator_free.common.files import write_json, write_npz
 from coordinator_free.common.errors import UserError
 from predictor.commands import add_spec_args, loss_table, lr_max_line, swarm_from_args
@@ -26,7 +27,7 @@ def register(sub) -> None:
                    help="rounds for --save-params: comma-separated integers, or 'last' (default), or 'all'")
     p.add_argument("--max-mb", type=float, default=DEFAULT_MAX_BYTES / 2**20,
                    help="working memory for the kernel beyond K itself, in MB (default: %(default)g)")
-    p.add_argument("--kernel-dtype", choices=("auto", "float64", "float32"), default="auto",
+    p.add_argument("--kernel-dtype", choices=("auto", *DTYPES), default="auto",
                    help="precision of the NTK computation; auto (default) follows train.dtype. "
                         "The state of the rounds is float64; the kernel's products run in this dtype")
     p.add_argument("--kernel", choices=KERNELS, default="auto",

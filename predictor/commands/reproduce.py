@@ -1,5 +1,5 @@
-"""``p2pntk reproduce --out DIR``: regenerate the paper's figures (forecast against training) for DGD,
-ATC and CTA, the width sweep and flow vs discrete; writes PNGs and DIR/results.json."""
+"""``p2pntk reproduce --out DIR``: regenerate the paper's figures (forecast against training) for every
+registered algorithm (DGD, ATC, CTA, GT), the width sweep and flow vs discrete; writes PNGs and DIR/results.json."""
 from __future__ import annotations
 
 from coordinator_free.progress import ProgressBar

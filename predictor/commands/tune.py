@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.node import load_node, node_table
-from agent.process import read_round_log
+from agent.roundlog import read_round_log
 from agent.spec import load_spec, parse_override, spec_table
 from agent.summaries import KINDS
 from coordinator_free.common.errors import UserError
