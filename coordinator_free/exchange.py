@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from coordinator_free import membership as m
-from coordinator_free.wire import encode
+from coordinator_free.wire import message
 
 SNAPSHOTS = 3  # snapshot buffers kept for reuse once the link is done sending them
 
@@ -50,8 +50,7 @@ class Exchange:
         if self.copy_sends if copy is None else copy:
             arrays, trackers = self._snapshot(arrays)
         self._pay_owed()
-        frames = encode({"type": "params", "sender": self.node_id, "round": round, "algorithm": self.algorithm,
-                         "model_hash": self.model_hash}, arrays)
+        frames = self._params(round, arrays)
         self._sent = {r: f for r, f in self._sent.items() if r == round - 1}
         self._sent[round] = frames
         for pid in sorted(self.table.live):
@@ -120,10 +119,13 @@ class Exchange:
             self._pump(min(0.05, end - now))
         return {p: tuple(np.array(a) for a in arrays) for p, arrays in sorted(got.items()) if p not in self.suspected}
 
+    def _params(self, round: int, arrays: tuple[np.ndarray, ...]) -> list:
+        return message("params", sender=self.node_id, model_hash=self.model_hash, arrays=arrays, round=round,
+                       algorithm=self.algorithm)
+
     def message_bytes(self, round: int, arrays: tuple[np.ndarray, ...]) -> int:
         """The exact bytes one round-``round`` params message with ``arrays`` puts on the wire."""
-        return sum(len(f) for f in encode({"type": "params", "sender": self.node_id, "round": round,
-                                           "algorithm": self.algorithm, "model_hash": self.model_hash}, arrays))
+        return sum(len(f) for f in self._params(round, arrays))
 
     def _snapshot(self, arrays: tuple[np.ndarray, ...]) -> tuple[tuple[np.ndarray, ...], list]:
         """Copy ``arrays`` into a buffer the link no longer reads (warm buffers are reused)."""

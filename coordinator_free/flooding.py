@@ -14,7 +14,7 @@ import logging
 import numpy as np
 
 from coordinator_free import membership as m
-from coordinator_free.wire import encode
+from coordinator_free.wire import message
 
 
 class Flooding:
@@ -53,8 +53,7 @@ class Flooding:
         theirs. With ``steps`` >= the graph's diameter every agent ends with the swarm's minimum."""
         current = {k: float(v) for k, v in values.items()}
         for step in range(steps):
-            frames = encode({"type": "agree", "sender": self.node_id, "model_hash": self.model_hash,
-                             "step": step, "values": current})
+            frames = message("agree", sender=self.node_id, model_hash=self.model_hash, step=step, values=current)
             for pid in sorted(self.table.live):
                 self._send(pid, frames)
             since, got, beat = self.clock(), self._agree[step], self.clock()
@@ -86,8 +85,7 @@ class Flooding:
         while (now := self.clock()) < end:
             self._pay_owed()
             if not said_done and len(self._shares) >= expected and not self._owed:
-                done = encode({"type": "shared", "sender": self.node_id, "model_hash": self.model_hash,
-                               "count": len(self._shares)})
+                done = message("shared", sender=self.node_id, model_hash=self.model_hash, count=len(self._shares))
                 for pid in sorted(self.table.live):
                     self._send(pid, done, quiet=True)
                 said_done = True
@@ -103,8 +101,8 @@ class Flooding:
         """Queue share ``origin`` for every live neighbour but ``source``, under our own sender id (each
         message is bound to its sender's key), retried until sent."""
         meta, rows = self._shares[origin]
-        frames = encode({"type": "share", "sender": self.node_id, "model_hash": self.model_hash, "origin": origin,
-                         "meta": meta}, rows)
+        frames = message("share", sender=self.node_id, model_hash=self.model_hash, arrays=rows, origin=origin,
+                         meta=meta)
         for pid in sorted(self.table.live - {source, origin}):
             self._owed.setdefault(pid, []).append(frames)
         self._pay_owed()

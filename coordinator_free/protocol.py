@@ -25,7 +25,7 @@ from coordinator_free.drops import DropLog
 from coordinator_free.exchange import Exchange
 from coordinator_free.flooding import Flooding
 from coordinator_free.common.compute import DTYPES
-from coordinator_free.wire import MAX_HEADER_BYTES, SHARE_EXTRA, Expect, WireError, decode, encode
+from coordinator_free.wire import MAX_HEADER_BYTES, SHARE_EXTRA, Expect, WireError, decode, message
 
 FLOAT_DTYPES = DTYPES  # what a transport carries
 ROUND_WINDOW = 8  # params for rounds up to current + ROUND_WINDOW are buffered; later ones dropped
@@ -33,9 +33,6 @@ START_PROGRESS = (5.0, 60.0)  # at start, a line naming the silent neighbours ev
 MISMATCH_GRACE = 3.0  # seconds a start with a mismatched neighbour waits for it to learn of the mismatch too
 SENT = type("Sent", (), {"done": True})()  # what a link that copies on send returns: the buffers are free at once
 UNKNOWN_KEY = -1  # what a link reports as the sender of a message whose key it does not know
-_HELLO_KEYS = {"v", "type", "sender", "round", "model_hash", "spec_hash", "degree", "heard",
-               "reply", "starting", "algorithm", "dtype", "shape", "arrays"}
-
 
 class Link(Interface):
     """What the protocol needs from a carrier: one inbound endpoint, one outbound connection per neighbour."""
@@ -159,9 +156,9 @@ class Protocol(Exchange, Flooding):
         ``warn_after`` seconds, and ``StartTimedOut`` (exit 6) at ``timeout`` (None: no limit). Returns
         neighbour id -> HELLO header of the confirmed ones. A model, spec or protocol mismatch is a UserError.
         """
-        extra = dict(extra or {})
-        if clash := _HELLO_KEYS & extra.keys():
-            raise ValueError(f"handshake extra uses reserved keys {sorted(clash)}")
+        extra = dict(extra or {})  # HELLO's optional fields (wire.TYPES): a name it does not know is a ValueError
+        message("hello", sender=self.node_id, model_hash=self.model_hash, spec_hash="", degree=0, round=0, heard=[],
+                reply=False, **extra)
         self._degree, self._extra = int(degree), extra
         t0, self._in_handshake = self.clock(), True
         try:
@@ -218,9 +215,9 @@ class Protocol(Exchange, Flooding):
     def _say_hello(self, pid: int, reply: bool) -> None:
         """Send a HELLO to ``pid``; once one listing ``pid`` is queued, it counts as told."""
         heard = sorted(p for p, r in self.table.peers.items() if r.hello is not None or r.mismatch)
-        frames = encode({**self._extra, "type": "hello", "sender": self.node_id, "model_hash": self.model_hash,
-                         "spec_hash": self.spec_hash, "degree": self._degree, "round": self._round,
-                         "heard": heard, "reply": reply, "starting": self._starting})
+        frames = message("hello", sender=self.node_id, model_hash=self.model_hash, **self._extra,
+                         spec_hash=self.spec_hash, degree=self._degree, round=self._round, heard=heard, reply=reply,
+                         starting=self._starting)
         if self._send(pid, frames, quiet=True) and pid in heard:
             self.table[pid].told = True
 
@@ -293,7 +290,7 @@ class Protocol(Exchange, Flooding):
     def bye(self) -> None:
         """Tell every live neighbour that we are leaving (they drop us without suspicion)."""
         if not self._said_bye and not self._closed:
-            frames = encode({"type": "bye", "sender": self.node_id, "model_hash": self.model_hash})
+            frames = message("bye", sender=self.node_id, model_hash=self.model_hash)
             for pid in sorted(self.table.live):
                 self._send(pid, frames, quiet=True)
             self._said_bye = True

@@ -111,7 +111,7 @@ def test_path_graph_handshake_and_five_rounds_exact(make_any, dtype):
 
     def agent(t: Transport):
         with t:
-            hellos = t.handshake(len(t.peers), timeout=5, extra={"device": f"board{t.node_id}"})
+            hellos = t.handshake(len(t.peers), timeout=5, extra={"spec_keys": {"device": f"board{t.node_id}"}})
             got = []
             for k in range(5):
                 if t.node_id == 2:
@@ -126,7 +126,7 @@ def test_path_graph_handshake_and_five_rounds_exact(make_any, dtype):
         assert sorted(hellos) == nbrs and not suspected
         for j in nbrs:
             assert hellos[j]["degree"] == len([n for n in (j - 1, j + 1) if 0 <= n < 3])
-            assert hellos[j]["device"] == f"board{j}"
+            assert hellos[j]["spec_keys"] == {"device": f"board{j}"}
         for k in range(5):
             assert sorted(got[k]) == nbrs
             for j in nbrs:
