@@ -134,17 +134,18 @@ def run_isolated(rounds: int = 200, kill_at: int = 20, deadline: float = 1.0, ha
 
         t0 = time.perf_counter()
         res = _run_by_hand(work, swarm, deadline, fault, handshake_timeout)
+        died_after = _logged(work / "agent1.jsonl")  # the kill lands a few fast rounds after kill_at
         leaves = {}
         for q in (0, 2):
             log = read_round_log(work / f"agent{q}.jsonl")
-            after = [log[k]["round_s"] for k in sorted(log) if k > kill_at + 2]  # once it has suspected 1
+            after = [log[k]["round_s"] for k in sorted(log) if k > died_after + 2]  # once it has suspected 1
             leaves[q] = {"exit": res[q]["exit"], "rounds": len(res[q]["train_loss"]) - 1,
                          "rounds_alone": res[q].get("rounds_alone"), "min_round_s": min(after),
                          "max_round_s": max(after), "summary": res[q]["stderr"].strip().splitlines()[-1:]}
     say(f"isolated: {time.perf_counter() - t0:.1f} s; " + "; ".join(
         f"leaf {q}: {v['rounds']} rounds, {v['rounds_alone']} alone, rounds after the kill "
         f"{v['min_round_s']:.2f}-{v['max_round_s']:.2f} s" for q, v in leaves.items()))
-    return {"rounds": rounds, "kill_at": kill_at, "deadline_s": deadline, "leaves": leaves}
+    return {"rounds": rounds, "kill_at": kill_at, "died_after": died_after, "deadline_s": deadline, "leaves": leaves}
 
 
 def run_late(delay: float = 90.0, handshake_timeout: float = 10.0, rounds: int = 30, say=print) -> dict:

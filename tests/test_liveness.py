@@ -18,7 +18,7 @@ def _check_isolated(table: dict, paced: bool = False) -> None:
     d = table["deadline_s"]
     for q, leaf in table["leaves"].items():
         assert leaf["exit"] == 0 and leaf["rounds"] == table["rounds"], leaf
-        assert leaf["rounds_alone"] >= table["rounds"] - table["kill_at"] - 2, leaf
+        assert leaf["rounds_alone"] >= table["rounds"] - table["died_after"] - 2, leaf
         assert "rounds alone" in leaf["summary"][0], leaf
         if paced:  # wall clock: the slow tier only (the default suite asserts the pace with a fake clock)
             assert 1.0 * d <= leaf["min_round_s"] and leaf["max_round_s"] <= 2.0 * d, leaf
