@@ -1,10 +1,12 @@
-"""Layering (docs/design.md, section 2): the board runtime never imports torch, and the packages import downwards only.
+"""Layering (docs/design.md, section 2): the board runtime never imports torch, and every floor imports downwards only.
 
-Layers, lowest first: coordinator_free (its common/ is the base of everything) -> firmware_profiles -> agent
--> predictor; benchmarks/ is a dev-only layer above predictor that nothing in the packages may import.
-The import graph is read from the source (ast), so it also sees lazy imports inside functions, relative
-imports, ``importlib.import_module("x")`` / ``import_module("x")`` / ``__import__("x")`` with a literal
-name, and "package.module:function" strings (entry-point style, resolved with importlib at run time).
+Floors, lowest first: common (the ground floor: it imports nothing of the project) -> coordinator_free ->
+firmware_profiles -> agent -> predictor -> host (host-side operations) -> benchmarks -> the CLI
+(host.cli, host.commands, host.__main__: the roof, so that ``p2pntk bench`` imports the benchmarks).
+A module's floor is that of its longest prefix in FLOORS. The import graph is read from the source (ast),
+so it also sees lazy imports inside functions, relative imports, ``importlib.import_module("x")`` /
+``import_module("x")`` / ``__import__("x")`` with a literal name, and "package.module:function" strings
+(entry-point style, resolved with importlib at run time).
 """
 from __future__ import annotations
 
@@ -18,11 +20,27 @@ from typing import NamedTuple
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ["coordinator_free", "firmware_profiles", "agent", "predictor", "benchmarks"]  # lowest first
-PACKAGES = LAYERS[:4]  # the installed packages, whose imports are checked
-COMMON = "coordinator_free.common"
+FLOORS = [("common",), ("coordinator_free",), ("firmware_profiles",), ("agent",), ("predictor",), ("host",),
+          ("benchmarks",), ("host.cli", "host.commands", "host.__main__")]  # lowest first
+PACKAGES = ["common", "coordinator_free", "firmware_profiles", "agent", "predictor", "host", "benchmarks"]
+BOARD = ["common", "coordinator_free", "firmware_profiles", "agent"]  # the board runtime: never torch
+GROUND = "common"
 IMPORT_CALLS = {"import_module", "__import__"}
 ENTRY_POINT = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+
+
+def floor(module: str) -> int | None:
+    """The floor of a dotted module name (None: not one of ours)."""
+    best = None
+    for rank, prefixes in enumerate(FLOORS):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and (best is None or len(p) > len(best[1])):
+                best = (rank, p)
+    return None if best is None else best[0]
+
+
+def floor_name(rank: int) -> str:
+    return "/".join(FLOORS[rank])
 
 
 class Import(NamedTuple):
@@ -84,7 +102,7 @@ def collect_imports(root: Path, packages=PACKAGES) -> list[Import]:
                 targets = [_absolute(name[dots:], dots, module, is_package)]
             elif isinstance(node, ast.Constant) and isinstance(node.value, str):
                 match = ENTRY_POINT.fullmatch(node.value.strip())
-                if match and match.group(1).split(".")[0] in LAYERS:
+                if match and match.group(1).split(".")[0] in PACKAGES:
                     targets = [match.group(1)]
             rel = path.relative_to(root)
             found += [Import(module, rel, node.lineno, t) for t in targets if t]
@@ -92,21 +110,19 @@ def collect_imports(root: Path, packages=PACKAGES) -> list[Import]:
 
 
 def layer_violations(root: Path) -> list[Import]:
-    """Imports of a higher layer (benchmarks included) from a lower one."""
+    """Imports of a higher floor from a lower one."""
     bad = []
     for imp in collect_imports(root):
-        top = imp.target.split(".")[0]
-        if top in LAYERS and LAYERS.index(top) > LAYERS.index(imp.importer.split(".")[0]):
+        to, at = floor(imp.target), floor(imp.importer)
+        if to is not None and at is not None and to > at:
             bad.append(imp)
     return bad
 
 
-def common_violations(root: Path) -> list[Import]:
-    """Imports of the rest of coordinator_free (its __init__ included) from coordinator_free/common."""
-    def in_common(name: str) -> bool:
-        return name == COMMON or name.startswith(COMMON + ".")
-    return [imp for imp in collect_imports(root) if in_common(imp.importer)
-            and imp.target.split(".")[0] == "coordinator_free" and not in_common(imp.target)]
+def ground_violations(root: Path) -> list[Import]:
+    """Imports of any other package of the project from the ground floor, common/."""
+    return [imp for imp in collect_imports(root) if imp.importer.split(".")[0] == GROUND
+            and imp.target.split(".")[0] in PACKAGES and imp.target.split(".")[0] != GROUND]
 
 
 def import_graph(root: Path) -> dict[str, set[str]]:
@@ -168,25 +184,29 @@ def import_cycles(root: Path) -> list[list[str]]:
     return cycles
 
 
-@pytest.mark.parametrize("module", ["agent", "coordinator_free", "coordinator_free.common", "firmware_profiles",
-                                    "agent.simulator", "agent.kernels", "coordinator_free.topology", "agent.spec",
-                                    "predictor.cli"])
+@pytest.mark.parametrize("module", [*BOARD, "agent.simulator", "agent.kernels", "agent.process", "agent.spec",
+                                    "coordinator_free.topology", "coordinator_free.transport", "host.cli"])
 def test_runtime_does_not_import_torch(module):
     code = f"import sys, importlib; importlib.import_module({module!r}); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
 
-def test_lower_layers_never_import_higher_ones():
+def test_every_package_has_a_floor():
+    assert sorted(p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file() and p.name != "tests") == \
+        sorted(PACKAGES)
+    assert all(floor(p) is not None for p in PACKAGES)
+
+
+def test_lower_floors_never_import_higher_ones():
     bad = layer_violations(ROOT)
-    assert not bad, "upward imports (layers, lowest first: " + " -> ".join(LAYERS) + "):\n" + \
-        "\n".join(map(str, bad))
+    assert not bad, "upward imports (floors, lowest first: " + " -> ".join(map(floor_name, range(len(FLOORS)))) + \
+        "):\n" + "\n".join(map(str, bad))
 
 
-def test_coordinator_free_common_imports_nothing_else_of_coordinator_free():
-    bad = common_violations(ROOT)
-    assert not bad, f"{COMMON} is the common base; it imports the rest of coordinator_free:\n" + \
-        "\n".join(map(str, bad))
+def test_the_ground_floor_imports_nothing_of_the_project():
+    bad = ground_violations(ROOT)
+    assert not bad, f"{GROUND} is the ground floor; it imports the rest of the project:\n" + "\n".join(map(str, bad))
 
 
 def test_module_import_graph_has_no_cycles():
@@ -197,31 +217,38 @@ def test_module_import_graph_has_no_cycles():
 def test_the_checks_see_every_kind_of_import(tmp_path):
     """The checks on a planted tree: each kind of import is found, and a clean tree passes."""
     files = {
+        "common/__init__.py": "",
+        "common/errors.py": "from coordinator_free import wire\n",  # the ground floor imports floor 1
         "coordinator_free/__init__.py": "",
-        "coordinator_free/common/__init__.py": "",
-        "coordinator_free/common/errors.py": "from .. import wire\n",  # common -> rest of coordinator_free
         "coordinator_free/wire.py": "import importlib\n\ndef f():\n    return importlib.import_module('agent.x')\n",
-        "firmware_profiles/__init__.py": "TARGET = 'predictor.cli:main'\n",
+        "firmware_profiles/__init__.py": "TARGET = 'host.cli:main'\n",
         "agent/__init__.py": "",
         "agent/x.py": "def g():\n    from importlib import import_module\n    import_module('benchmarks.b')\n",
         "agent/y.py": "from . import z\n",
         "agent/z.py": "from agent import y\n",  # a cycle y -> z -> y
         "predictor/__init__.py": "",
-        "predictor/cli.py": "__import__('firmware_profiles')\nfrom .commands import bench\nimport benchmarks\n",
+        "predictor/p.py": "from host import loopback\n",
+        "host/__init__.py": "",
+        "host/loopback.py": "from .commands import bench\nimport benchmarks\n",  # host's operations sit below both
+        "host/commands/__init__.py": "",
+        "host/commands/bench.py": "import benchmarks\n",  # the roof: fine
+        "host/cli.py": "__import__('firmware_profiles')\nfrom .commands import bench\n",
+        "benchmarks/__init__.py": "",
+        "benchmarks/b.py": "from host.cli import main\nfrom host import loopback\n",  # the roof: no; host: fine
     }
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     assert {(i.importer, i.target) for i in layer_violations(tmp_path)} == {
-        ("coordinator_free.wire", "agent.x"), ("firmware_profiles", "predictor.cli"),
-        ("agent.x", "benchmarks.b"), ("predictor.cli", "benchmarks")}
-    assert [(i.importer, i.target) for i in common_violations(tmp_path)] == [
-        ("coordinator_free.common.errors", "coordinator_free.wire")]
-    assert import_cycles(tmp_path) == [["agent.y", "agent.z", "agent.y"],  # and the two planted above:
-                                       ["firmware_profiles", "predictor.cli", "firmware_profiles"]]
-    assert "predictor.cli" not in import_graph(tmp_path)["predictor.cli"]
-    for name in ("coordinator_free/common/errors.py", "coordinator_free/wire.py", "firmware_profiles/__init__.py",
-                 "agent/x.py", "agent/z.py", "predictor/cli.py"):
-        (tmp_path / name).write_text("import numpy\nfrom coordinator_free.common import errors\n")
-    assert not layer_violations(tmp_path) and not import_cycles(tmp_path)
-    assert [i.target for i in common_violations(tmp_path)] == []
+        ("common.errors", "coordinator_free.wire"), ("coordinator_free.wire", "agent.x"),
+        ("firmware_profiles", "host.cli"), ("agent.x", "benchmarks.b"), ("predictor.p", "host.loopback"),
+        ("host.loopback", "host.commands.bench"), ("host.loopback", "benchmarks"), ("benchmarks.b", "host.cli")}
+    assert [(i.importer, i.target) for i in ground_violations(tmp_path)] == [("common.errors", "coordinator_free.wire")]
+    assert sorted(import_cycles(tmp_path)) == [["agent.y", "agent.z", "agent.y"],  # and the two planted above:
+                                               ["firmware_profiles", "host.cli", "firmware_profiles"]]
+    assert "host.cli" not in import_graph(tmp_path)["host.cli"]
+    for name in ("common/errors.py", "coordinator_free/wire.py", "firmware_profiles/__init__.py", "agent/x.py",
+                 "agent/z.py", "predictor/p.py", "host/loopback.py", "benchmarks/b.py"):
+        (tmp_path / name).write_text("import numpy\nfrom common import errors\n")
+    (tmp_path / "common/errors.py").write_text("import numpy\n")
+    assert not layer_violations(tmp_path) and not import_cycles(tmp_path) and not ground_violations(tmp_path)
