@@ -1,8 +1,9 @@
 """Layering (docs/design.md, section 2): the board runtime never imports torch, and every floor imports downwards only.
 
 Floors, lowest first: common (the ground floor: it imports nothing of the project) -> coordinator_free ->
-firmware_profiles -> agent -> predictor -> host (host-side operations) -> benchmarks -> the CLI
-(host.cli, host.commands, host.__main__: the roof, so that ``p2pntk bench`` imports the benchmarks).
+firmware_profiles -> agent -> predictor -> host (host-side operations) -> benchmarks -> p2pntk (the CLI: the
+roof, so that ``p2pntk bench`` imports the benchmarks). The peer table, coordinator_free.membership, imports no
+socket and no clock.
 A module's floor is that of its longest prefix in FLOORS. The import graph is read from the source (ast),
 so it also sees lazy imports inside functions, relative imports, ``importlib.import_module("x")`` /
 ``import_module("x")`` / ``__import__("x")`` with a literal name, and "package.module:function" strings
@@ -21,8 +22,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOORS = [("common",), ("coordinator_free",), ("firmware_profiles",), ("agent",), ("predictor",), ("host",),
-          ("benchmarks",), ("host.cli", "host.commands", "host.__main__")]  # lowest first
-PACKAGES = ["common", "coordinator_free", "firmware_profiles", "agent", "predictor", "host", "benchmarks"]
+          ("benchmarks",), ("p2pntk",)]  # lowest first
+PACKAGES = ["common", "coordinator_free", "firmware_profiles", "agent", "predictor", "host", "benchmarks", "p2pntk"]
+SANS_IO = {"coordinator_free.membership": {"zmq", "socket", "time", "selectors", "threading", "asyncio"}}
 BOARD = ["common", "coordinator_free", "firmware_profiles", "agent"]  # the board runtime: never torch
 GROUND = "common"
 IMPORT_CALLS = {"import_module", "__import__"}
@@ -185,7 +187,7 @@ def import_cycles(root: Path) -> list[list[str]]:
 
 
 @pytest.mark.parametrize("module", [*BOARD, "agent.simulator", "agent.kernels", "agent.process", "agent.spec",
-                                    "coordinator_free.topology", "coordinator_free.transport", "host.cli"])
+                                    "coordinator_free.topology", "coordinator_free.transport", "p2pntk.cli"])
 def test_runtime_does_not_import_torch(module):
     code = f"import sys, importlib; importlib.import_module({module!r}); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -202,6 +204,22 @@ def test_lower_floors_never_import_higher_ones():
     bad = layer_violations(ROOT)
     assert not bad, "upward imports (floors, lowest first: " + " -> ".join(map(floor_name, range(len(FLOORS)))) + \
         "):\n" + "\n".join(map(str, bad))
+
+
+def test_the_membership_state_machine_imports_no_socket_and_no_clock():
+    for module, banned in SANS_IO.items():
+        bad = [imp for imp in collect_imports(ROOT, packages=["coordinator_free"]) if imp.importer == module
+               and imp.target.split(".")[0] in banned]
+        seen = {imp.target for imp in collect_imports(ROOT, packages=["coordinator_free"]) if imp.importer == module}
+        assert seen and not bad, f"{module} must own no socket and read no clock:\n" + "\n".join(map(str, bad))
+
+
+def test_packages_import_each_other_one_way():
+    """No cycle between packages either (host -> benchmarks -> host would hide behind module-level order)."""
+    edges = {(imp.importer.split(".")[0], imp.target.split(".")[0]) for imp in collect_imports(ROOT)
+             if imp.target.split(".")[0] in PACKAGES}
+    both = sorted((a, b) for a, b in edges if a < b and (b, a) in edges)
+    assert not both, f"packages importing each other: {both}"
 
 
 def test_the_ground_floor_imports_nothing_of_the_project():

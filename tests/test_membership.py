@@ -2,9 +2,6 @@
 
 Each test walks one row (or a few) of the transition table in the module docstring, with times in deadlines.
 """
-import ast
-from pathlib import Path
-
 import pytest
 
 from coordinator_free import membership as m
@@ -26,13 +23,6 @@ def started(ids=(0, 2), round_: int = 0, now: float = 0.0) -> m.PeerTable:
     t.start_done(now)
     assert t.in_state(m.LIVE) == set(ids)
     return t
-
-
-def test_the_module_has_no_clock_and_no_sockets():
-    tree = ast.parse(Path(m.__file__).read_text())
-    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert not imported & {"time", "zmq", "socket", "threading", "selectors", "asyncio"}
 
 
 def test_a_silent_peer_on_probation_beside_a_confirmed_neighbour_is_suspected_within_six_deadlines():
