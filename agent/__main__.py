@@ -14,7 +14,7 @@ import argparse
 import logging
 import sys
 
-from coordinator_free.common.errors import (Diverged, StartTimedOut, StorageFailed, Terminated, UserError, exit_status,
+from common.errors import (Diverged, StartTimedOut, StorageFailed, Terminated, UserError, exit_status,
                                             sigterm_unwinds)
 
 

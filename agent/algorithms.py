@@ -17,6 +17,8 @@ from typing import Callable
 
 import numpy as np
 
+from common.errors import UserError
+
 Arrays = tuple[np.ndarray, ...]
 GradAt = Callable[[np.ndarray], np.ndarray]   # x -> grad L_q(x) (stacked: row q uses L_q)
 Grad = Callable[[], np.ndarray]                # grad L_q(theta_q) this round, computed once
@@ -73,6 +75,13 @@ ALGORITHMS: dict[str, Algorithm] = {}
 def register(alg: Algorithm) -> Algorithm:
     ALGORITHMS[alg.name] = alg
     return alg
+
+
+def algorithm_record(algorithm: str) -> Algorithm:
+    """The registered algorithm called ``algorithm`` (UserError naming the known ones otherwise)."""
+    if algorithm not in ALGORITHMS:
+        raise UserError(f"train.algorithm = {algorithm!r}: expected one of {', '.join(ALGORITHMS)}")
+    return ALGORITHMS[algorithm]
 
 
 def once(fn: Callable[[], np.ndarray]) -> Grad:

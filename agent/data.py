@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from coordinator_free.common.files import read_npz, write_npz
+from common.files import read_npz, write_npz
 from agent.spec import DataSection
-from coordinator_free.common.errors import UserError
+from common.errors import UserError
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 ``make_kernels(name, cfg, dtype, **settings)`` returns an object with ``forward(theta, X)`` and
 ``loss_and_grad(theta, X, Y)``; the caller applies the update rule. The names are
-``coordinator_free.common.compute.BACKENDS``: ``numpy`` is the hand-written reference in ``agent.model``;
+``common.compute.BACKENDS``: ``numpy`` is the hand-written reference in ``agent.model``;
 ``onnx`` (ONNX Runtime graphs built by the project) is selected with ``[train] kernels = "onnx"``.
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ import numpy as np
 
 from agent import model
 from agent.model import ModelConfig
-from coordinator_free.common.compute import BACKENDS
-from coordinator_free.common.errors import UserError
+from common.compute import BACKENDS
+from common.errors import UserError
 
 
 class NumpyKernels:

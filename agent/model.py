@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from coordinator_free.common.errors import UserError
+from common.errors import UserError
 
 ACTIVATIONS = ("relu", "erf", "tanh")
 KINDS = ("affine", "mlp")

@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 
 from agent.spec import load_spec, resolve
-from coordinator_free.common.errors import UserError
-from coordinator_free.common.files import read_npz, read_toml
-from coordinator_free.common.schema import (Bad, Check, Record, flag, from_user_check, integer, number, one_of,
+from common.errors import UserError
+from common.files import read_npz, read_toml
+from common.schema import (Bad, Check, Record, flag, from_user_check, integer, number, one_of,
                                             setting, text, version)
 from coordinator_free.gossip import DEFAULT_TRANSPORT, check_transport
 

@@ -21,8 +21,8 @@ import numpy as np
 from scipy import special
 
 from agent.model import ModelConfig, layer_scales
-from coordinator_free.common.compute import DTYPES
-from coordinator_free.common.errors import UserError
+from common.compute import DTYPES
+from common.errors import UserError
 
 OPSET = 17        # onnxruntime >= 1.13 runs it; so do the Jetson builds of JetPack 5 and 6
 IR_VERSION = 8

@@ -16,8 +16,8 @@ import onnxruntime as ort
 
 from agent import onnx_graphs
 from agent.model import ModelConfig
-from coordinator_free.common.compute import DTYPES
-from coordinator_free.common.errors import UserError
+from common.compute import DTYPES
+from common.errors import UserError
 
 log = logging.getLogger(__name__)
 

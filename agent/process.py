@@ -29,8 +29,8 @@ from agent.roundlog import HISTORY_KEYS, RoundLog, history_from_log
 from agent.rounds import RoundTimes, run_rounds
 from agent.spec import Spec, spec_hash, spec_key_hashes
 from agent.summaries import Summary, from_share, to_share
-from coordinator_free.common.errors import Diverged, Terminated, UserError, signals_deferred
-from coordinator_free.common.files import check_writable, read_npz, write_json, write_npz
+from common.errors import Diverged, Terminated, UserError, signals_deferred
+from common.files import check_writable, read_npz, write_json, write_npz
 from coordinator_free.gossip import BoardTransport, transports
 from coordinator_free.topology import build_graph, mixing_row
 from firmware_profiles.apply import check_host_fits, estimate_memory

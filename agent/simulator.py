@@ -16,7 +16,7 @@ from agent.algorithms import ALGORITHMS, Arrays
 from agent.process import loss_growth
 from agent.rounds import RoundTimes, run_rounds
 from agent.swarm import Swarm
-from coordinator_free.common.errors import Diverged
+from common.errors import Diverged
 from coordinator_free.gossip import InProcessHub
 
 

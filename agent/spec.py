@@ -3,7 +3,7 @@
 ``Spec`` is a frozen record of frozen sections; adding a key means adding one field to its section
 here. ``load_spec(path, overrides)`` reads the file (or none: the built-in default), applies
 ``--set section.key=VALUE`` overrides (VALUE read as TOML; a bare word is a string) and checks every
-key through ``coordinator_free.common.schema``: unknown keys and bad values name the key and value.
+key through ``common.schema``: unknown keys and bad values name the key and value.
 Algorithm, topology and mixing-rule names are checked against their registries.
 """
 from __future__ import annotations
@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from agent.algorithms import ALGORITHMS
-from coordinator_free.common.compute import BACKENDS, DTYPES
-from coordinator_free.common.errors import UserError
-from coordinator_free.common.files import loads_toml, read_toml
-from coordinator_free.common.schema import (Bad, Record, flag, from_user_check, integer, number, one_of,
+from common.compute import BACKENDS, DTYPES
+from common.errors import UserError
+from common.files import loads_toml, read_toml
+from common.schema import (Bad, Record, flag, from_user_check, integer, number, one_of,
                                             setting, version)
 from coordinator_free.topology import check_topology, check_weights
 from firmware_profiles.profile import profile_path

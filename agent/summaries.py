@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from agent.model import ModelConfig, backward, forward_with_cache
-from coordinator_free.common.errors import UserError
-from coordinator_free.common.files import read_npz, write_npz
+from common.errors import UserError
+from common.files import read_npz, write_npz
 
 KINDS = ("eigen", "class-eigen", "class-mean")
 MIN_MIX = 10        # every shared row mixes at least this many samples (participation ratio of u)

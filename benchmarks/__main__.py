@@ -11,7 +11,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from coordinator_free.common.errors import UserError
+from common.errors import UserError
 
 TARGETS = {
     "predictor": "benchmarks.bench_predictor:run",

@@ -25,12 +25,12 @@ GRID = 12
 
 
 def run(quick: bool = False) -> dict:
-    from agent.loopback import agent_environment, loopback_addresses, write_node_files
+    from host.loopback import agent_environment, loopback_addresses, write_node_files
     from agent.node import load_node, node_table
     from agent.simulator import simulate
     from agent.spec import load_spec
     from agent.swarm import Swarm
-    from coordinator_free.common.files import write_toml
+    from common.files import write_toml
     from predictor.forecast import kernel_problem
     from predictor.stability import lr_max
     from predictor.tune import tune
@@ -42,7 +42,7 @@ def run(quick: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="p2pntk-agree-") as tmp:
         work = Path(tmp)
         nodes = write_node_files(swarm, work, loopback_addresses(agents), round_deadline=5.0)
-        sharing = [subprocess.Popen([sys.executable, "-m", "predictor", "summarise", str(p), "--exchange", "--out",
+        sharing = [subprocess.Popen([sys.executable, "-m", "p2pntk", "summarise", str(p), "--exchange", "--out",
                                      str(work / f"summaries{q}")], env=agent_environment(agents),
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                    for q, p in enumerate(nodes)]
@@ -86,5 +86,5 @@ def cli(quick: bool = False, out: str | None = None) -> None:
           f"loss {r['swarm_final_loss']:.5g} = {r['ratio_to_best']:.3f} x the best of {GRID} actual runs "
           f"({r['best_grid_final_loss']:.5g} at lr {r['best_grid_lr']:.4g})")
     if out:
-        from coordinator_free.common.files import write_json
+        from common.files import write_json
         write_json(out, r)

@@ -40,5 +40,5 @@ def cli(quick: bool = False, out: str | None = None) -> None:
                   "-" if r[k] is None else f"{r[k]:.4g}") for k in ("peak", "at_60", "at_600")]
         print(f"{r['factor']:>9.2f} {cells[0]:>10} {cells[1]:>10} {cells[2]:>10}")
     if out:
-        from coordinator_free.common.files import write_json
+        from common.files import write_json
         write_json(out, {"lr_max": top, "rows": rows})

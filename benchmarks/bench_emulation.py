@@ -58,7 +58,7 @@ def round_ratio(repeats: int = 3) -> dict:
 
 
 def loopback_ratios(rounds: int) -> list[dict]:
-    from predictor.cli import main
+    from p2pntk.cli import main
     with tempfile.TemporaryDirectory(prefix="p2pntk-bench-emulation-") as work:
         out = Path(work) / "em.json"
         status = main(["loopback", "--quiet", "--out", str(out), "--profiles", "raspberry-pi-4b", "--link", "10",

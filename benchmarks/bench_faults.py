@@ -36,7 +36,7 @@ def _spec(agents: int, width: int, rounds: int):
 
 
 def _swarm_files(work: Path, agents: int, width: int, rounds: int, deadline: float) -> list[Path]:
-    from agent.loopback import loopback_addresses, write_node_files
+    from host.loopback import loopback_addresses, write_node_files
     from agent.swarm import Swarm
     swarm = Swarm.from_spec(_spec(agents, width, rounds))
     return write_node_files(swarm, work, loopback_addresses(agents), round_deadline=deadline,
@@ -53,7 +53,7 @@ def _wait_rounds(log: Path, n: int, timeout: float = 120) -> None:
 
 
 def _by_hand(work: Path, agents: int, fault: str | None, deadline: float) -> None:
-    from agent.loopback import agent_environment
+    from host.loopback import agent_environment
     env = agent_environment(agents)
     nodes = [work / f"node{q}.toml" for q in range(agents)]
 
@@ -85,7 +85,7 @@ def _by_hand(work: Path, agents: int, fault: str | None, deadline: float) -> Non
 
 
 def _under_loopback(work: Path, agents: int, width: int, rounds: int, deadline: float) -> dict:
-    args = [sys.executable, "-m", "predictor", "loopback", "--quiet", "--workdir", str(work), "--out",
+    args = [sys.executable, "-m", "p2pntk", "loopback", "--quiet", "--workdir", str(work), "--out",
             str(work / "RUN.json"), "--round-deadline", str(deadline)]
     for kv in (f"network.agents={agents}", f"model.width={width}", f"train.rounds={rounds}",
                "train.dtype='float64'", "data.samples_per_agent=30"):
@@ -189,5 +189,5 @@ def cli(quick: bool = False, out: str | None = None) -> None:
         print(f"{name:<14} {r['worst_all_pct']:>10.2f}% {r['worst_survivor_pct']:>9.2f}% {victim:>8} "
               f"{r['longest_wait_s']:>11.2f} s  {notes}")
     if out:
-        from coordinator_free.common.files import write_json
+        from common.files import write_json
         write_json(out, table)

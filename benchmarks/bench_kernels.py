@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.kernels import make_kernels  # noqa: E402
 from agent.model import ModelConfig, init_params, layer_scales  # noqa: E402
-from coordinator_free.common.errors import UserError  # noqa: E402
+from common.errors import UserError  # noqa: E402
 
 BACKENDS = ("numpy", "onnx", "torch")
 

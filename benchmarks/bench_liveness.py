@@ -63,7 +63,7 @@ def _start(work: Path, q: int, env: dict) -> subprocess.Popen:
 def _run_by_hand(work: Path, swarm, deadline: float, fault, handshake_timeout: float = 60.0) -> list[dict]:
     """Write the node files, start every agent by hand as a board would be, apply ``fault(procs)``, wait for all;
     return their results (``exit`` added)."""
-    from agent.loopback import agent_environment, loopback_addresses, write_node_files
+    from host.loopback import agent_environment, loopback_addresses, write_node_files
     n = swarm.n_agents
     write_node_files(swarm, work, loopback_addresses(n), round_deadline=deadline, handshake_timeout=handshake_timeout)
     env = agent_environment(n)
@@ -150,12 +150,12 @@ def run_isolated(rounds: int = 200, kill_at: int = 20, deadline: float = 1.0, ha
 
 def run_late(delay: float = 90.0, handshake_timeout: float = 10.0, rounds: int = 30, say=print) -> dict:
     """Four fleet bundles, board 1 started ``delay`` s after the others, through ``p2pntk rehearse``."""
-    from agent.rehearse import Fault, rehearse
-    from coordinator_free.common.files import read_toml, write_toml
+    from host.rehearse import Fault, rehearse
+    from common.files import read_toml, write_toml
     with tempfile.TemporaryDirectory(prefix="p2pntk-liveness-") as tmp:
         tmp = Path(tmp)
         (tmp / "boards.txt").write_text("".join(f"{i} 10.77.0.{i + 1}\n" for i in range(4)))
-        init = subprocess.run([sys.executable, "-m", "predictor", "fleet", "init", str(tmp / "boards.txt"),
+        init = subprocess.run([sys.executable, "-m", "p2pntk", "fleet", "init", str(tmp / "boards.txt"),
                                "--rehearsal-data", "--round-deadline", "1", "--out", str(tmp / "b"),
                                "--set", f"train.rounds={rounds}", "--set", "train.dtype=float64",
                                "--set", "model.width=32", "--set", "data.samples_per_agent=20",
@@ -195,5 +195,5 @@ def cli(quick: bool = False, out: str | None = None) -> None:
     print(f"restart: {sum(not x['adopted'] and not x['suspected'] and x['worst_pct'] < 2 for x in r)} of {len(r)} "
           f"runs clean; worst final loss {max(x['worst_pct'] for x in r):.3f}% off the fault-free run")
     if out:
-        from coordinator_free.common.files import write_json
+        from common.files import write_json
         write_json(out, table)

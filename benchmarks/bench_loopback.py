@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from agent.loopback import run_loopback  # noqa: E402
+from host.loopback import run_loopback  # noqa: E402
 from agent.swarm import Swarm  # noqa: E402
 from benchmarks.bench_transport import _raw  # noqa: E402
 from agent.spec import load_spec  # noqa: E402

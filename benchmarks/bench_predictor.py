@@ -19,7 +19,7 @@ from typing import Callable
 
 from agent.simulator import simulate
 from agent.swarm import Swarm
-from coordinator_free.common.files import write_json
+from common.files import write_json
 from agent.spec import resolve
 from predictor.compare import compare_results
 from predictor.forecast import forecast
@@ -108,14 +108,14 @@ def _scaling_row(agents: int, per_agent: int, quick: bool) -> dict:
 
 
 def run_cli(argv: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of ``python -m predictor ARGV`` run as its own process.
+    """(wall seconds, peak RSS in MB) of ``python -m p2pntk ARGV`` run as its own process.
 
     The peak is the child's VmHWM, read from /proc every 10 ms until it exits (its last value before exit).
     Not ru_maxrss: Linux keeps the high-water mark of the memory a child had before exec, which for a fork
     of this process is this process's own size, so every child would report at least this one's RSS.
     """
     t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "predictor", *argv], stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "p2pntk", *argv], stdout=subprocess.DEVNULL)
     peak_kb = 0
     while proc.poll() is None:
         peak_kb = max(peak_kb, _high_water_kb(proc.pid))
@@ -169,7 +169,7 @@ def cli_scaling(quick: bool) -> dict:
             rows.append(row)
     local = []
     for n in ((250, 1000) if quick else (250, 500, 1000)):
-        from agent.loopback import loopback_addresses, write_node_files
+        from host.loopback import loopback_addresses, write_node_files
         from agent.spec import load_spec
         spec = load_spec(None, [a for a in _sets(8, n, 10, "synthetic") if a != "--set"])
         nodes = write_node_files(Swarm.from_spec(spec), work / f"nodes{n}", loopback_addresses(8))

@@ -21,7 +21,7 @@ MBITS = (10.0, 50.0)
 
 
 def _run(*args: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "predictor", *args], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "p2pntk", *args], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"p2pntk {args[0]} failed: {proc.stderr.strip()[-500:]}")
 
@@ -69,5 +69,5 @@ def cli(quick: bool = False, out: str | None = None) -> None:
         print(f"{r['mbit']:>5g} Mb/s  {r['message_bytes'] / 1e3:>6.0f} kB  {r['measured_round_s']:>16.3f}  "
               f"{r['estimated_round_s']:>8.3f}  {r['ratio']:>17.2f}")
     if out:
-        from coordinator_free.common.files import write_json
+        from common.files import write_json
         write_json(out, {"rows": rows})

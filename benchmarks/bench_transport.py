@@ -38,7 +38,7 @@ import numpy as np
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
-from coordinator_free.common.compute import DTYPES  # noqa: E402
+from common.compute import DTYPES  # noqa: E402
 from coordinator_free.keys import Curve, new_keypair, read_keypair  # noqa: E402
 from coordinator_free.transport import Transport, free_tcp_port  # noqa: E402
 

@@ -12,7 +12,7 @@ import time
 from urllib.parse import urlparse
 
 from coordinator_free.topology import build_graph
-from coordinator_free.common.errors import UserError
+from common.errors import UserError
 
 SERVICE = "_p2pntk._tcp.local."
 

@@ -21,7 +21,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from coordinator_free.common.errors import UserError
+from common.errors import UserError
 
 Arrays = tuple[np.ndarray, ...]
 DEFAULT_TRANSPORT = "zmq"

@@ -19,8 +19,8 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from coordinator_free.common.errors import UserError
-from coordinator_free.common.files import PUBLIC, SECRET
+from common.errors import UserError
+from common.files import PUBLIC, SECRET
 
 REFRESH_SECONDS = 1.0  # how often the allow-list looks at its key files for changes
 ZAP_DOMAIN = "p2pntk"  # the ZAP domain of every agent's receiving socket

@@ -20,11 +20,11 @@ from typing import Callable, Protocol as Interface
 import numpy as np
 
 from coordinator_free import membership as m
-from coordinator_free.common.errors import StartTimedOut, UserError
+from common.errors import StartTimedOut, UserError
 from coordinator_free.drops import DropLog
 from coordinator_free.exchange import Exchange
 from coordinator_free.flooding import Flooding
-from coordinator_free.common.compute import DTYPES
+from common.compute import DTYPES
 from coordinator_free.wire import MAX_HEADER_BYTES, SHARE_EXTRA, Expect, WireError, decode, message
 
 FLOAT_DTYPES = DTYPES  # what a transport carries

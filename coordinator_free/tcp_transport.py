@@ -16,7 +16,7 @@ import socket
 import struct
 import time
 
-from coordinator_free.common.errors import AddressInUse, UserError
+from common.errors import AddressInUse, UserError
 from coordinator_free.gossip import register_transport
 from coordinator_free.protocol import ROUND_WINDOW, SENT, Protocol, check_setup
 

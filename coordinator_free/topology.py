@@ -15,7 +15,7 @@ from typing import Any, Callable
 import networkx as nx
 import numpy as np
 
-from coordinator_free.common.errors import UserError
+from common.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import socket
 
 import zmq
 
-from coordinator_free.common.errors import AddressInUse, UserError
+from common.errors import AddressInUse, UserError
 from coordinator_free.gossip import register_transport
 from coordinator_free.keys import ZAP_DOMAIN, Curve, start_authenticator
 from coordinator_free.protocol import ROUND_WINDOW, UNKNOWN_KEY, Protocol, check_setup

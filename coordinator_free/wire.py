@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from coordinator_free.common.compute import DTYPES
+from common.compute import DTYPES
 
 PROTOCOL_VERSION = 2
 MAX_HEADER_BYTES = 65536

@@ -11,7 +11,7 @@ from typing import Any
 
 from typing import Callable
 
-from coordinator_free.common.errors import UserError
+from common.errors import UserError
 from coordinator_free.wire import PARAMS_HEADER_BYTES
 from firmware_profiles.profile import Profile
 

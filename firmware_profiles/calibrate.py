@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from coordinator_free.common.compute import BACKENDS, DTYPES
-from coordinator_free.common.errors import UserError
-from coordinator_free.common.files import dumps_toml, write_text
+from common.compute import BACKENDS, DTYPES
+from common.errors import UserError
+from common.files import dumps_toml, write_text
 from firmware_profiles.profile import ARCHITECTURES, MIB, Profile, parse_profile
 
 # (m, k, n) of the "numpy-size" matmul behind every effective GFLOPS figure: a 256-row

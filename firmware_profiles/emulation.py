@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Callable
 
-from coordinator_free.common.errors import UserError
+from common.errors import UserError
 from firmware_profiles.profile import Profile
 
 HOST_BENCHMARK_SECONDS = 0.2

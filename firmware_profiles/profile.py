@@ -13,11 +13,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from coordinator_free.common.compute import BACKENDS, DTYPES
-from coordinator_free.common.errors import UserError
-from coordinator_free.common.files import loads_toml, read_toml
-from coordinator_free.common.schema import Bad as _Bad
-from coordinator_free.common.schema import Record, one_of, setting, text
+from common.compute import BACKENDS, DTYPES
+from common.errors import UserError
+from common.files import loads_toml, read_toml
+from common.schema import Bad as _Bad
+from common.schema import Record, one_of, setting, text
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 ARCHITECTURES = ("aarch64", "armv7l", "armv6l", "x86_64", "riscv64", "ppc64le", "s390x")

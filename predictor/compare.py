@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from coordinator_free.common.errors import UserError
+from common.errors import UserError
 
 CURVES = ("train_loss", "test_loss")
 

@@ -10,9 +10,9 @@ from functools import cached_property
 
 import numpy as np
 
-from agent.algorithms import ALGORITHMS, Algorithm, swarm_step
+from agent.algorithms import swarm_step, algorithm_record
 from agent.local import batch_indices
-from coordinator_free.common.errors import UserError
+from common.errors import UserError
 
 MAX_FLOW_STATES = 6000  # N * rank(K) above this: the dense closed form costs too much; use discrete rounds
 RTOL = 1e-10            # eigenvalues of K below RTOL * lambda_max span the null space of J^T (dropped)
@@ -383,13 +383,6 @@ class Flow:
         """C(t) (len(t), N, M k): row q is c_q(t) = R_inv z_q(t), so that v_q(t) = J^T c_q(t)."""
         x = self.state(t, t0) @ self.system.X.T
         return x.reshape(-1, self.kp.N, self.system.R.shape[1]) @ self.system.R_inv.T
-
-
-def algorithm_record(algorithm: str) -> Algorithm:
-    """The registered algorithm called ``algorithm`` (UserError naming the known ones otherwise)."""
-    if algorithm not in ALGORITHMS:
-        raise UserError(f"train.algorithm = {algorithm!r}: expected one of {', '.join(ALGORITHMS)}")
-    return ALGORITHMS[algorithm]
 
 
 def reduced_states(kp: KernelProblem, algorithm: str) -> int:

@@ -9,10 +9,11 @@ import numpy as np
 
 from agent.model import ModelConfig, backward, forward_with_cache
 from agent.swarm import Swarm
-from coordinator_free.common.errors import UserError
+from common.errors import UserError
 from predictor.bands import global_band
-from predictor.dynamics import (ExactOperator, Flow, KernelProblem, algorithm_record, operator_rounds, outputs_on_test,
+from predictor.dynamics import (ExactOperator, Flow, KernelProblem, operator_rounds, outputs_on_test,
                                 own_outputs)
+from agent.algorithms import algorithm_record
 from predictor.kernel_operators import JacobianOperator, landmark_operator, traced_operator
 from predictor.ntk import DEFAULT_MAX_BYTES, train_test_ntk
 from predictor.stability import MAX_SEARCH_STATES, lr_max_all, lr_max_exact

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from coordinator_free.common.errors import UserError
+from common.errors import UserError
 
 
 def _torch():

@@ -13,7 +13,7 @@ import numpy as np
 from agent.algorithms import ALGORITHMS
 from agent.simulator import simulate
 from agent.swarm import Swarm
-from coordinator_free.common.files import write_json
+from common.files import write_json
 from agent.spec import resolve
 from predictor.compare import compare_results, plot_comparison, pyplot, trajectory_error
 from predictor.forecast import forecast, kernel_problem

@@ -8,10 +8,10 @@ from typing import Callable
 
 import numpy as np
 
-from agent.algorithms import ALGORITHMS
+from agent.algorithms import ALGORITHMS, algorithm_record
 from coordinator_free.topology import check_mixing
-from predictor.dynamics import (MAX_FLOW_STATES, KernelProblem, ReducedSystem, algorithm_record, eigen_factors,
-                                reduced_states, reduced_system)
+from predictor.dynamics import (MAX_FLOW_STATES, KernelProblem, ReducedSystem, eigen_factors, reduced_states,
+                                reduced_system)
 
 MAX_SEARCH_STATES = 1500  # a dense lr_max search (~30 eigenvalue problems) above this many states: skipped
 DENSE_EIGH = 800  # above this size the top eigenvalue comes from Lanczos (``top_eigenvalue``), not eigvalsh

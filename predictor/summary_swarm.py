@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from agent.summaries import MIN_MIX, Summary, class_labels
-from coordinator_free.common.errors import UserError
+from common.errors import UserError
 from predictor.dynamics import KernelProblem
 
 

@@ -19,7 +19,7 @@ from agent.spec import Spec
 from agent.summaries import load_summaries
 from agent.swarm import Swarm
 from firmware_profiles.apply import estimate_round_time
-from coordinator_free.common.errors import UserError
+from common.errors import UserError
 from predictor.dynamics import discrete_rounds
 from predictor.forecast import kernel_problem, loss_curves
 from predictor.local_forecast import ASSUMPTION, SUMMARY_ASSUMPTION, LocalForecaster

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zmq
 
-from agent.loopback import loopback_addresses, write_node_files
+from host.loopback import loopback_addresses, write_node_files
 from agent.local import model_config
 from agent.model import init_params
 from agent.swarm import Swarm
@@ -18,7 +18,7 @@ from coordinator_free.keys import Curve, read_keypair, read_public
 from coordinator_free.drops import LOG_BURST
 from coordinator_free.transport import Transport
 from coordinator_free.wire import encode
-from predictor.cli import main
+from p2pntk.cli import main
 
 
 def test_agent_drops_malformed_messages_and_finishes(tmp_path):
@@ -113,7 +113,7 @@ def test_sixteen_agents_on_erdos_renyi_finish_and_leave_no_process(tmp_path):
 def test_zeroconf_discovery_builds_the_peer_table(tmp_path):
     """Three agents with no static peers find each other over mDNS (on 127.0.0.1) and train."""
     pytest.importorskip("zeroconf")
-    from coordinator_free.launcher import Job, launch
+    from host.launcher import Job, launch
     spec = load_spec(None, ["network.agents=3", "network.topology=path", "model.width=16", "train.rounds=3",
                             "data.samples_per_agent=10", "data.test_samples=10", "train.dtype=float64"])
     swarm = Swarm.from_spec(spec)

@@ -9,11 +9,11 @@ import time
 
 import numpy as np
 
-from agent.loopback import agent_environment, loopback_addresses, write_node_files
+from host.loopback import agent_environment, loopback_addresses, write_node_files
 from agent.simulator import simulate
 from agent.spec import load_spec
 from agent.swarm import Swarm
-from coordinator_free.common.files import read_toml, write_toml
+from common.files import read_toml, write_toml
 
 SPEC = ["network.agents=4", "network.topology=path", "model.width=16", "data.samples_per_agent=10",
         "data.test_samples=10", "train.dtype=float64", "train.rounds=20", "train.lr=0.5"]

@@ -11,7 +11,7 @@ from agent.spec import load_spec
 from agent.swarm import Swarm
 from predictor.bands import (_KernelProducts, anchored_band, band, output_gap, relative_half_width,
                              width_term)
-from predictor.cli import main
+from p2pntk.cli import main
 from predictor.forecast import forecast
 from predictor.ntk import train_test_ntk
 from tests.torch_reference import half_mse, mlp, torch

@@ -4,7 +4,7 @@ import subprocess
 import sys
 from importlib import metadata
 
-from predictor.cli import build_parser
+from p2pntk.cli import build_parser
 
 
 def _walk(parser: argparse.ArgumentParser, path: str):
@@ -27,33 +27,33 @@ def test_every_option_of_every_subcommand_has_help():
 
 
 def test_version_is_the_installed_package_version():
-    proc = subprocess.run([sys.executable, "-m", "predictor", "--version"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "p2pntk", "--version"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == f"p2pntk {metadata.version('p2p-ntk')}"
 
 
 def test_the_command_table_names_exactly_what_each_module_registers():
-    from predictor.cli import COMMANDS
+    from p2pntk.cli import COMMANDS
     registered = {}
     for module, names in COMMANDS.items():
         sub = argparse.ArgumentParser().add_subparsers()
-        __import__(f"predictor.commands.{module}", fromlist=["register"]).register(sub)
+        __import__(f"p2pntk.commands.{module}", fromlist=["register"]).register(sub)
         registered[module] = tuple(sub.choices)
     assert registered == COMMANDS
     assert list(build_parser()._subparsers._group_actions[0].choices) == [n for names in COMMANDS.values() for n in names]
 
 
 def test_a_command_imports_only_its_own_module():
-    code = ("import sys; from predictor.cli import build_parser; build_parser(['predict', '--quiet']); "
-            "print(sorted(m for m in sys.modules if m.startswith('predictor.commands.') or m == 'zmq'))")
+    code = ("import sys; from p2pntk.cli import build_parser; build_parser(['predict', '--quiet']); "
+            "print(sorted(m for m in sys.modules if m.startswith('p2pntk.commands.') or m == 'zmq'))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "['predictor.commands.predict']"
+    assert proc.stdout.strip() == "['p2pntk.commands.predict']"
 
 
 def test_a_closed_output_pipe_ends_quietly_and_keeps_the_results(tmp_path):
     """`p2pntk predict | head` with the reader gone: exit 141, no traceback, the results file written."""
     out = tmp_path / "p.json"
-    proc = subprocess.Popen([sys.executable, "-m", "predictor", "predict", "--set", "model.kind=affine",
+    proc = subprocess.Popen([sys.executable, "-m", "p2pntk", "predict", "--set", "model.kind=affine",
                              "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # before the command prints anything: its first line meets a closed pipe
     err = proc.stderr.read().decode()

@@ -4,7 +4,7 @@ import pytest
 
 from agent.data import load_npz_arrays, make_problem, split_indices, targets
 from agent.spec import load_spec
-from coordinator_free.common.errors import UserError
+from common.errors import UserError
 
 
 def _data(**kw):

@@ -1,7 +1,7 @@
 """`p2pntk demo` end to end: forecast, real agent processes, comparison and PNG."""
 import json
 
-from predictor.cli import main
+from p2pntk.cli import main
 
 
 def test_demo_runs_end_to_end_and_writes_its_png(tmp_path):

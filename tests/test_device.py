@@ -4,11 +4,11 @@ import subprocess
 import sys
 
 
-from agent.loopback import loopback_addresses, write_node_files
+from host.loopback import loopback_addresses, write_node_files
 from agent.roundlog import read_round_log
 from agent.swarm import Swarm
 from agent.spec import load_spec
-from predictor.cli import main
+from p2pntk.cli import main
 
 
 def test_too_wide_for_pi_zero_is_refused_before_training(tmp_path):

@@ -14,7 +14,7 @@ from torch.func import jacrev
 from agent.simulator import simulate
 from agent.swarm import Swarm
 from agent.spec import load_spec
-from predictor.cli import main
+from p2pntk.cli import main
 from predictor.compare import compare_results, trajectory_error
 from predictor.dynamics import Flow, discrete_rounds, own_outputs, reduced_system
 from predictor.forecast import forecast, kernel_problem

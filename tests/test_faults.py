@@ -12,14 +12,14 @@ import time
 import numpy as np
 import pytest
 
-from coordinator_free.common.errors import EXIT_DIVERGED, EXIT_TERMINATED, SwarmIncomplete
+from common.errors import EXIT_DIVERGED, EXIT_TERMINATED, SwarmIncomplete
 
 SWARM = ["--set", "network.agents=4", "--set", "model.width=16", "--set", "data.samples_per_agent=10",
          "--set", "data.test_samples=10", "--set", "train.dtype=float64"]
 
 
 def _cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "predictor", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "p2pntk", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def _pids(pattern: str) -> list[int]:
@@ -38,7 +38,7 @@ def _wait_for_lines(path, n: int, timeout: float = 60) -> None:
 
 def _start_loopback(tmp_path, rounds: int, deadline: float = 1.0):
     work = tmp_path / "work"
-    proc = subprocess.Popen([sys.executable, "-m", "predictor", "loopback", "--quiet", "--workdir", str(work),
+    proc = subprocess.Popen([sys.executable, "-m", "p2pntk", "loopback", "--quiet", "--workdir", str(work),
                              "--out", str(tmp_path / "RUN.json"), "--round-deadline", str(deadline),
                              "--set", f"train.rounds={rounds}", *SWARM],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -196,7 +196,7 @@ def test_bad_input_is_refused_before_training_with_one_line(tmp_path, override, 
     ("out", '"."', "is a folder"),
 ])
 def test_bad_node_paths_and_ports_are_refused_before_any_socket(tmp_path, key, value, culprit):
-    from agent.loopback import loopback_addresses, write_node_files
+    from host.loopback import loopback_addresses, write_node_files
     from agent.spec import load_spec
     from agent.swarm import Swarm
     swarm = Swarm.from_spec(load_spec(None, [s for s in SWARM if s != "--set"] + ["train.rounds=2"]))
@@ -211,8 +211,8 @@ def test_bad_node_paths_and_ports_are_refused_before_any_socket(tmp_path, key, v
 def test_a_signal_during_the_final_writes_waits_until_they_are_done(tmp_path):
     """An agent's BYE, checkpoint and results are written whole even if SIGTERM comes while it writes them
     (it once lost its results when a SIGTERM landed just after its last round); the signal then counts."""
-    from coordinator_free.common.errors import Terminated, signals_deferred
-    from coordinator_free.common.files import write_json
+    from common.errors import Terminated, signals_deferred
+    from common.files import write_json
     with pytest.raises(Terminated):
         with signals_deferred():
             os.kill(os.getpid(), signal.SIGTERM)

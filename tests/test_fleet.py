@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from agent.fleet import read_inventory, start_commands
-from coordinator_free import netns
-from coordinator_free.common.errors import UserError
+from host.fleet import read_inventory, start_commands
+from host import netns
+from common.errors import UserError
 
 NETNS = netns.unavailable()
 needs_netns = pytest.mark.skipif(NETNS is not None, reason=f"rehearsal namespaces: {NETNS}")
@@ -20,7 +20,7 @@ SMALL = ["--set", "train.dtype=float64", "--set", "model.width=32", "--set", "da
 
 
 def _cli(*args, cwd=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "predictor", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "p2pntk", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=timeout)
 
 

@@ -1,11 +1,11 @@
 """``fleet status`` reads a bundle's node file as the agent does (agent.node.load_node), defaults included."""
 import json
 
-from agent.fleet import Board, fleet_status, status_table, write_bundles
+from host.fleet import Board, fleet_status, status_table, write_bundles
 from agent.roundlog import RoundLog
 from agent.spec import load_spec
-from coordinator_free.common.files import read_toml, write_toml
-from predictor.cli import main
+from common.files import read_toml, write_toml
+from p2pntk.cli import main
 
 SMALL = ["model.width=16", "data.samples_per_agent=5", "data.test_samples=5", "train.rounds=7"]
 

@@ -16,7 +16,7 @@ from agent.rounds import run_rounds
 from agent.simulator import simulate
 from agent.spec import load_spec
 from agent.swarm import Swarm
-from coordinator_free.common.errors import UserError
+from common.errors import UserError
 from coordinator_free.gossip import InProcessHub
 from coordinator_free.transport import Transport, free_tcp_port
 from coordinator_free.wire import PROTOCOL_VERSION
@@ -57,7 +57,7 @@ def test_gt_reaches_the_centralised_minimiser_and_dgd_keeps_its_bias(capsys):
 def test_minibatch_gt_is_refused_with_one_line(tmp_path):
     with pytest.raises(UserError, match="train.batch = 8: train.algorithm = gt is exact only with full batches"):
         load_spec(None, ["train.algorithm=gt", "train.batch=8"])
-    proc = subprocess.run([sys.executable, "-m", "predictor", "simulate", "--set", "train.algorithm=gt",
+    proc = subprocess.run([sys.executable, "-m", "p2pntk", "simulate", "--set", "train.algorithm=gt",
                            "--set", "train.batch=8", "--out", str(tmp_path / "o.json")], capture_output=True, text=True)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "train.batch" in proc.stderr
     assert not (tmp_path / "o.json").exists()

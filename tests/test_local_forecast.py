@@ -7,7 +7,7 @@ import pytest
 from agent.simulator import simulate
 from agent.swarm import Swarm
 from agent.spec import load_spec
-from predictor.cli import main
+from p2pntk.cli import main
 from predictor.compare import trajectory_error
 from predictor.forecast import forecast
 from predictor.local_forecast import LocalForecaster
@@ -103,7 +103,7 @@ def test_tune_cli_seconds_budget_with_profile_and_node_file(tmp_path):
     assert r["rounds"] == int(30 // [row for row in r["table"] if row["width"] == r["width"]][0]["seconds_per_round"])
     assert (tmp_path / "t.spec.toml").exists()
     # a board tunes from its own node file
-    from agent.loopback import loopback_addresses, write_node_files
+    from host.loopback import loopback_addresses, write_node_files
     sw = Swarm.from_spec(load_spec(None, ["network.agents=3", "model.width=256", "data.samples_per_agent=20"]))
     node = write_node_files(sw, tmp_path / "nodes", loopback_addresses(3))[1]
     assert main(["tune", str(node), "--quiet", "--budget-rounds", "50", "--out", str(tmp_path / "n.json")]) == 0
@@ -120,7 +120,7 @@ def test_tuned_node_file_runs_as_written_from_another_folder(tmp_path, monkeypat
     trains, started from elsewhere, with the tuned lr; its round log feeds `predict-local --observed`."""
     import subprocess
     import sys
-    from agent.loopback import loopback_addresses, write_node_files
+    from host.loopback import loopback_addresses, write_node_files
     from agent.node import load_node
     sw = _swarm("network.agents=1", "model.width=32", "data.samples_per_agent=20", "train.rounds=5")
     monkeypatch.chdir(tmp_path)

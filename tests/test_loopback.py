@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("torch")  # tests.torch_reference needs it
 
-from predictor.cli import main
+from p2pntk.cli import main
 from tests.torch_reference import max_rel_err, reference_run
 
 SMALL = ["network.agents=4", "data.samples_per_agent=10", "data.test_samples=20", "train.rounds=8",
@@ -59,7 +59,7 @@ def test_loopback_matches_simulate_and_reference(tmp_path, name):
 def test_killing_the_launcher_leaves_no_agent_processes(tmp_path):
     """Ctrl-C on `p2pntk loopback` stops every agent process it started."""
     work = tmp_path / "work"
-    proc = subprocess.Popen([sys.executable, "-m", "predictor", "loopback", "--quiet", "--workdir", str(work),
+    proc = subprocess.Popen([sys.executable, "-m", "p2pntk", "loopback", "--quiet", "--workdir", str(work),
                              "--out", str(tmp_path / "o.json"), "--set", "train.rounds=100000",
                              "--set", "model.width=16", "--set", "network.agents=3"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)

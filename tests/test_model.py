@@ -98,7 +98,7 @@ def test_model_hash_depends_on_architecture_and_seed():
 
 
 def test_bad_model_config_names_the_key():
-    from coordinator_free.common.errors import UserError
+    from common.errors import UserError
     with pytest.raises(UserError, match="model.activation"):
         ModelConfig(kind="mlp", d=2, k=1, activation="gelu")
 

@@ -20,9 +20,9 @@ from agent.onnx_kernels import OnnxKernels, resolve_providers
 from agent.simulator import simulate
 from agent.swarm import Swarm
 from agent.spec import load_spec
-from coordinator_free.common.compute import BACKENDS, DTYPES
-from coordinator_free.common.errors import UserError
-from predictor.cli import main
+from common.compute import BACKENDS, DTYPES
+from common.errors import UserError
+from p2pntk.cli import main
 from tests.torch_reference import max_rel_err, reference_run
 
 CASES = [("affine", 0, "relu"), ("mlp", 1, "relu"), ("mlp", 1, "erf"), ("mlp", 1, "tanh"),
@@ -292,7 +292,7 @@ def test_benchmark_script_reports_ratios():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", BACKENDS)
 def test_every_backend_and_dtype_the_spec_accepts_builds_and_trains(name, dtype):
-    """coordinator_free.common.compute names the backends and dtypes once: each pair the spec accepts has a
+    """common.compute names the backends and dtypes once: each pair the spec accepts has a
     factory in agent.kernels, whose gradient matches the float64 numpy reference."""
     spec = load_spec(None, [f"train.kernels={name!r}", f"train.dtype={dtype!r}"])
     cfg = ModelConfig(kind="mlp", d=6, k=2, width=40, depth=1, seed=5)

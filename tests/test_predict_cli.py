@@ -11,7 +11,7 @@ from agent.algorithms import ALGORITHMS
 from threadpoolctl import threadpool_limits
 
 from benchmarks.__main__ import TARGETS, load_target
-from predictor.cli import main
+from p2pntk.cli import main
 from predictor.reproduce import reproduce
 
 pytestmark = pytest.mark.usefixtures("one_blas_thread")
@@ -125,8 +125,8 @@ def test_bench_targets_resolve():
 
 
 def test_predictor_cli_path_never_imports_torch():
-    code = ("import sys, predictor.cli, predictor.forecast, predictor.stability, predictor.reproduce, "
-            "predictor.ntk_torch; predictor.cli.build_parser(); print('torch' in sys.modules)")
+    code = ("import sys, p2pntk.cli, predictor.forecast, predictor.stability, predictor.reproduce, "
+            "predictor.ntk_torch; p2pntk.cli.build_parser(); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

@@ -15,11 +15,11 @@ import time
 import numpy as np
 import pytest
 
-from agent.loopback import agent_environment, loopback_addresses, write_node_files
+from host.loopback import agent_environment, loopback_addresses, write_node_files
 from agent.spec import load_spec
 from agent.swarm import Swarm
-from coordinator_free.common.files import read_toml, write_toml
-from predictor.cli import main
+from common.files import read_toml, write_toml
+from p2pntk.cli import main
 
 SMALL = ["network.agents=2", "network.topology=path", "model.width=16", "data.samples_per_agent=10",
          "data.test_samples=20"]

@@ -13,9 +13,9 @@ from firmware_profiles.apply import (apply_threads, check_fits, estimate_memory,
                                      estimate_round_time, format_bytes, largest_width)
 from firmware_profiles.calibrate import EchoServer, measure_link
 from firmware_profiles.emulation import ComputeThrottle, LinkShaper, compute_pad
-from coordinator_free.common.errors import UserError
+from common.errors import UserError
 from firmware_profiles.profile import PROFILE_DIR, list_profiles, load_profile
-from predictor.cli import main
+from p2pntk.cli import main
 
 SEVEN = ["jetson-nano", "jetson-orin-nano", "raspberry-pi-3b-plus", "raspberry-pi-4b",
          "raspberry-pi-5", "raspberry-pi-zero-2w", "x86-host"]

@@ -10,7 +10,7 @@ import logging
 import numpy as np
 import pytest
 
-from coordinator_free.common.errors import StartTimedOut
+from common.errors import StartTimedOut
 from coordinator_free.protocol import SENT, Protocol
 from coordinator_free.wire import encode
 

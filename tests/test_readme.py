@@ -10,7 +10,7 @@ import re
 import pytest
 
 from benchmarks.__main__ import TARGETS
-from predictor.cli import main
+from p2pntk.cli import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from agent.loopback import agent_environment, loopback_addresses, run_loopback, write_node_files
+from host.loopback import agent_environment, loopback_addresses, run_loopback, write_node_files
 from agent.roundlog import log_lines
 from agent.report import Report, duration
 from agent.spec import load_spec

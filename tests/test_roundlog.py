@@ -1,5 +1,5 @@
 """The round log (agent.roundlog): appended across restarts, read back into one history for every reader."""
-from agent.loopback import agent_summary
+from host.loopback import agent_summary
 from agent.roundlog import RoundLog, history_from_log, log_lines, read_round_log
 
 

@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 from agent.local import model_config
-from agent.loopback import run_loopback
+from host.loopback import run_loopback
 from agent.model import init_params
 from agent.spec import load_spec
 from agent.swarm import Swarm

@@ -8,14 +8,14 @@ import sys
 import numpy as np
 import pytest
 
-from agent.loopback import agent_environment, loopback_addresses, write_node_files
+from host.loopback import agent_environment, loopback_addresses, write_node_files
 from agent.local import model_config
 from agent.model import init_params
 from agent.node import load_node, local_data
 from agent.spec import load_spec
 from agent.summaries import from_share, load_summaries, summarise, to_share
 from agent.swarm import Swarm
-from coordinator_free.common.errors import UserError
+from common.errors import UserError
 
 SPEC = ["network.agents=4", "network.topology=path", "model.width=64", "data.samples_per_agent=30",
         "data.test_samples=20", "data.split=by-label", "train.rounds=20", "train.lr=0.5"]
@@ -31,7 +31,7 @@ def _own(node_path):
 def test_summaries_cross_the_swarm_over_real_links_and_relays(tmp_path):
     swarm = Swarm.from_spec(load_spec(None, SPEC))
     nodes = write_node_files(swarm, tmp_path, loopback_addresses(4), round_deadline=2.0)
-    procs = [subprocess.Popen([sys.executable, "-m", "predictor", "summarise", str(n), "--exchange", "--out",
+    procs = [subprocess.Popen([sys.executable, "-m", "p2pntk", "summarise", str(n), "--exchange", "--out",
                                str(tmp_path / f"got{q}")], env=agent_environment(4), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for q, n in enumerate(nodes)]
     outs = [p.communicate(timeout=120) for p in procs]

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("torch")  # tests.torch_reference needs it
 
-from predictor.cli import main
+from p2pntk.cli import main
 from tests.torch_reference import max_rel_err, reference_run
 
 # The four acceptance configurations of the foundation issue, at test size.

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from agent.spec import default_spec, load_spec, parse_override, spec_hash
-from coordinator_free.common.errors import UserError
+from common.errors import UserError
 
 
 def test_defaults_and_overrides(tmp_path):
@@ -64,7 +64,7 @@ def test_spec_hash_changes_with_any_shared_key_and_not_with_a_tuned_one():
 def test_cli_unknown_key_exits_2_with_one_line(tmp_path):
     f = tmp_path / "s.toml"
     f.write_text("[train]\nlearning_rate = 0.1\n")
-    proc = subprocess.run([sys.executable, "-m", "predictor", "simulate", str(f), "--out", str(tmp_path / "o.json")],
+    proc = subprocess.run([sys.executable, "-m", "p2pntk", "simulate", str(f), "--out", str(tmp_path / "o.json")],
                           capture_output=True, text=True)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

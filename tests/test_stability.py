@@ -193,11 +193,11 @@ def test_stability_above_the_matrix_size_takes_lr_max_from_jacobian_products(tmp
     """`p2pntk stability` with the kernel matrix, and with Jacobian products (forced by a zero matrix
     threshold; the default above 2048 outputs): the same lr_max for every closed form, dense checks skipped."""
     import json
-    from predictor.cli import main
+    from p2pntk.cli import main
     sets = sum((["--set", a] for a in ["train.dtype=float64", "model.width=48", "network.agents=4",
                                        "data.samples_per_agent=8", "data.classes=[0, 1, 2]"]), [])
     assert main(["stability", *sets, "--quiet", "--out", str(tmp_path / "m.json")]) == 0
-    monkeypatch.setattr("predictor.commands.stability.EXACT_MAX_OUTPUTS", 0)
+    monkeypatch.setattr("p2pntk.commands.stability.EXACT_MAX_OUTPUTS", 0)
     assert main(["stability", *sets, "--quiet", "--out", str(tmp_path / "j.json")]) == 0
     matrix, products = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "mj")
     assert products["spectral_radius"] is None and "Jacobian" in products["note"]

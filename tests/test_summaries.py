@@ -7,7 +7,7 @@ from agent.spec import load_spec
 from agent.summaries import (MIN_MIX, load_summaries, load_summary, participation, save_summary, summarise,
                              basis, jacobian)
 from agent.swarm import Swarm
-from coordinator_free.common.errors import UserError
+from common.errors import UserError
 from predictor.forecast import forecast
 from predictor.local_forecast import LocalForecaster
 
@@ -136,8 +136,8 @@ def test_summarise_then_predict_local_and_tune_with_summaries_and_band(tmp_path)
     """Boards write summaries; board 0 forecasts with them (the band is in the JSON, the plot is drawn) and
     tunes with them; a malformed summary is one line with exit status 2."""
     import json
-    from agent.loopback import loopback_addresses, write_node_files
-    from predictor.cli import main
+    from host.loopback import loopback_addresses, write_node_files
+    from p2pntk.cli import main
     sw = _swarm("data.samples_per_agent=30", "data.split=by-label", "train.lr=0.5", "train.rounds=30")
     nodes = write_node_files(sw, tmp_path / "nodes", loopback_addresses(4))
     for r in (1, 2, 3):

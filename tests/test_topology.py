@@ -7,7 +7,7 @@ from coordinator_free import topology as topo_mod
 from coordinator_free.topology import (TOPOLOGIES, WEIGHT_RULES, build_graph, check_mixing, check_topology,
                                        check_weights, live_row, mixing_matrix, mixing_row, spectral_gap,
                                        swarm_mixing, topology, topology_forms)
-from coordinator_free.common.errors import UserError
+from common.errors import UserError
 
 
 @pytest.mark.parametrize("name,n,edges", [

@@ -15,7 +15,7 @@ import zmq
 from coordinator_free.gossip import transports
 from coordinator_free.transport import Transport, free_tcp_port
 from coordinator_free.wire import encode
-from coordinator_free.common.errors import UserError
+from common.errors import UserError
 
 P = 1000
 KW = dict(model_hash="m0", spec_hash="s0", algorithm="dgd", shape=(P,))
@@ -257,7 +257,7 @@ def test_hash_mismatch_at_handshake_is_a_user_error(make_any, which):
 
 
 def test_a_start_timeout_names_the_missing_peer_and_is_not_bad_input(make_any):
-    from coordinator_free.common.errors import StartTimedOut, exit_status
+    from common.errors import StartTimedOut, exit_status
     missing = f"tcp://127.0.0.1:{free_tcp_port()}"
     t = make_any(0, "tcp://127.0.0.1:*", {3: missing})
     with pytest.raises(StartTimedOut, match=rf"no HELLO from peer 3 \({missing}\)") as err:

@@ -2,8 +2,8 @@
 registered algorithm (DGD, ATC, CTA, GT), the width sweep and flow vs discrete; writes PNGs and DIR/results.json."""
 from __future__ import annotations
 
-from coordinator_free.progress import ProgressBar
-from coordinator_free.common.errors import UserError
+from host.progress import ProgressBar
+from common.errors import UserError
 from predictor.reproduce import WIDTHS, reproduce, summary_table
 
 

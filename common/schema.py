@@ -15,7 +15,7 @@ import math
 import typing
 from typing import Any, Callable, Mapping, TypeVar
 
-from coordinator_free.common.errors import UserError
+from common.errors import UserError
 
 Check = Callable[[str, Any], Any]  # (dotted key, raw value) -> clean value, or raise Bad
 R = TypeVar("R", bound="Record")

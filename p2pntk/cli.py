@@ -1,11 +1,11 @@
-"""The ``p2pntk`` command line: one subcommand per user task, each in ``predictor/commands/``.
+"""The ``p2pntk`` command line: one subcommand per user task, each in ``p2pntk/commands/``.
 
 Only the chosen command's module is imported (``p2pntk predict`` never loads ZeroMQ, onnxruntime or the
 fleet tools): a whole ``predict`` run is about a second, and imports were half of it. ``p2pntk --help``, or
 a name that is no command, imports them all, so argparse lists every command and suggests the close ones.
 
 User errors (UserError, a missing file) print one line ``p2pntk: error: ...`` and exit with
-status 2, without a traceback; the other statuses are in ``coordinator_free.common.errors``.
+status 2, without a traceback; the other statuses are in ``common.errors``.
 Ctrl-C exits with 130 and SIGTERM with 143, after the commands have cleaned up.
 """
 from __future__ import annotations
@@ -16,11 +16,11 @@ import os
 import sys
 from importlib import metadata
 
-from coordinator_free.common.memory import keep_freed_memory
-from coordinator_free.common.errors import (EXIT_PIPE_CLOSED, Diverged, StartTimedOut, StorageFailed, SwarmIncomplete,
+from host.memory import keep_freed_memory
+from common.errors import (EXIT_PIPE_CLOSED, Diverged, StartTimedOut, StorageFailed, SwarmIncomplete,
                                             Terminated, UserError, exit_status, sigterm_unwinds)
 
-# The modules of predictor/commands in help order, each with the subcommands its register(subparsers) adds
+# The modules of p2pntk/commands in help order, each with the subcommands its register(subparsers) adds
 # (and sets ``func`` on); tests/test_cli.py checks that these names are exactly what the modules register.
 COMMANDS = {"demo": ("demo",), "simulate": ("simulate",), "predict": ("predict",), "stability": ("stability",),
             "compare": ("compare",), "reproduce": ("reproduce",), "bench": ("bench",),
@@ -57,13 +57,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for module in _modules_for(argv):
-        importlib.import_module(f"predictor.commands.{module}").register(sub)
+        importlib.import_module(f"p2pntk.commands.{module}").register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    keep_freed_memory()  # fewer page faults in the forecast's and training's rounds (coordinator_free.common.memory)
+    keep_freed_memory()  # fewer page faults in the forecast's and training's rounds (host.memory)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:

@@ -2,9 +2,9 @@
 
 ``rehearse(root)`` starts every bundle under ``root`` (written by ``p2pntk fleet init``) as its own
 ``p2pntk agent`` process, running exactly the start commands of the bundle's README
-(``agent.fleet.start_commands``) in the bundle's folder. As root, each board is a Linux network
+(``host.fleet.start_commands``) in the bundle's folder. As root, each board is a Linux network
 namespace with the IP its inventory line gave it, on a private bridge, its uplink shaped by its
-profile's bandwidth (or ``link_mbit``) with ``tc tbf`` (coordinator_free.netns). Without root it says
+profile's bandwidth (or ``link_mbit``) with ``tc tbf`` (host.netns). Without root it says
 so and falls back to 127.0.0.1: each bundle gets a ``node.rehearsal.toml`` with loopback addresses.
 
 Faults (``Fault.parse``): ``kill:B@R`` kills board B with SIGKILL once it logs round R;
@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
 
-from agent.fleet import fleet_status, start_commands
-from agent.loopback import agent_environment, loopback_addresses
+from host.fleet import fleet_status, start_commands
+from host.loopback import agent_environment, loopback_addresses
 from agent.node import load_node
-from coordinator_free.common.errors import UserError
-from coordinator_free.common.files import read_toml, write_json, write_toml
-from coordinator_free.launcher import Job, launch
-from coordinator_free import netns
+from common.errors import UserError
+from common.files import read_toml, write_json, write_toml
+from host.launcher import Job, launch
+from host import netns
 from firmware_profiles.profile import load_profile
 
 REHEARSAL_NODE = "node.rehearsal.toml"  # the loopback fallback's node file, beside the bundle's own
@@ -113,7 +113,7 @@ def rehearse(root: str | Path, *, link_mbit: float | None = None, faults: tuple[
             commands = start_commands(folder)
             if len(commands) != 1 or commands[0][0] != "p2pntk":
                 raise UserError(f"{folder}/README.md: expected one p2pntk start command, found {commands}")
-            argv = [sys.executable, "-m", "predictor", *[node_file if w == "node.toml" else w for w in commands[0][1:]]]
+            argv = [sys.executable, "-m", "p2pntk", *[node_file if w == "node.toml" else w for w in commands[0][1:]]]
             late = sum(f.seconds for f in faults if f.kind == "late" and f.board == i)
             jobs.append(Job(f"board-{i}", (hosts.prefix(i) if hosts else []) + argv, folder / nodes[i].log.name,
                             folder / "agent.stderr", cwd=folder, delay=late))

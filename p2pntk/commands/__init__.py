@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 from agent.spec import Spec, load_spec
-from coordinator_free.common.files import check_writable
+from common.files import check_writable
 
 
 def add_spec_source(parser: argparse.ArgumentParser, *, metavar: str = "SPEC", more: str = "",

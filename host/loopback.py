@@ -1,7 +1,7 @@
 """The loopback swarm: a spec's agents as real OS processes on 127.0.0.1, and their results.
 
 ``write_node_files`` writes what each device needs (its data .npz, the shared test set, the spec
-and its node file); ``run_loopback`` starts them as OS processes through coordinator_free.launcher
+and its node file); ``run_loopback`` starts them as OS processes through host.launcher
 and gathers their logs into the results JSON of docs/design.md, section 6.
 """
 from __future__ import annotations
@@ -19,10 +19,10 @@ from agent.device import THREAD_CAP_VAR
 from agent.node import NodeConfig, node_table
 from agent.roundlog import HISTORY_KEYS, history_from_log, read_round_log
 from agent.swarm import Swarm
-from coordinator_free.common.errors import EXIT_ADDRESS_IN_USE, EXIT_BAD_INPUT, UserError
-from coordinator_free.common.files import write_npz, write_toml
+from common.errors import EXIT_ADDRESS_IN_USE, EXIT_BAD_INPUT, UserError
+from common.files import write_npz, write_toml
 from coordinator_free.keys import new_keypair
-from coordinator_free.launcher import Job, Outcome, launch
+from host.launcher import Job, Outcome, launch
 from coordinator_free.transport import free_tcp_port
 
 

@@ -6,10 +6,10 @@ import sys
 
 import numpy as np
 
-from coordinator_free.common.compute import DTYPES
-from coordinator_free.common.files import write_json, write_npz
-from coordinator_free.common.errors import UserError
-from predictor.commands import add_spec_args, loss_table, lr_max_line, swarm_from_args
+from common.compute import DTYPES
+from common.files import write_json, write_npz
+from common.errors import UserError
+from p2pntk.commands import add_spec_args, loss_table, lr_max_line, swarm_from_args
 from predictor.forecast import DEFAULT_LANDMARKS, KERNELS, forecast
 from predictor.ntk import DEFAULT_MAX_BYTES
 

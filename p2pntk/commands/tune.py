@@ -9,10 +9,10 @@ from agent.node import load_node, node_table
 from agent.roundlog import read_round_log
 from agent.spec import load_spec, parse_override, spec_table
 from agent.summaries import KINDS
-from coordinator_free.common.errors import UserError
-from coordinator_free.common.files import read_toml, write_json, write_toml
-from coordinator_free.progress import ProgressBar
-from predictor.commands import add_spec_source
+from common.errors import UserError
+from common.files import read_toml, write_json, write_toml
+from host.progress import ProgressBar
+from p2pntk.commands import add_spec_source
 from predictor.tune import parse_grid, tune, tune_table
 
 

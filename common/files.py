@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import tomli_w
 
-from coordinator_free.common.errors import UserError
+from common.errors import UserError
 
 try:  # Python 3.11+
     import tomllib

@@ -16,9 +16,9 @@ import numpy as np
 
 from agent import onnx_graphs
 from agent.swarm import Swarm
-from coordinator_free.common.files import atomic_write, read_npz, write_json, write_text
-from coordinator_free.common.errors import UserError
-from predictor.commands import spec_from_args
+from common.files import atomic_write, read_npz, write_json, write_text
+from common.errors import UserError
+from p2pntk.commands import spec_from_args
 
 _PROTOBUF_LIMIT = 2**31 - 2**26  # bytes of weights one ModelProto can hold, with room for the graph
 

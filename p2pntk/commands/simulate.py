@@ -4,10 +4,10 @@ from __future__ import annotations
 import sys
 
 from agent.simulator import simulate
-from coordinator_free.common.errors import Diverged
-from coordinator_free.common.files import write_json
-from coordinator_free.progress import ProgressBar
-from predictor.commands import add_spec_args, loss_table, swarm_from_args
+from common.errors import Diverged
+from common.files import write_json
+from host.progress import ProgressBar
+from p2pntk.commands import add_spec_args, loss_table, swarm_from_args
 
 
 LOSS_GROWTH_FLAG = 10.0  # flag (do not stop) a run whose training loss rose this many times above its start

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from coordinator_free.common.files import write_json
-from coordinator_free.common.errors import UserError
+from common.files import write_json
+from common.errors import UserError
 from predictor.compare import compare_results, error_table, plot_comparison
 
 

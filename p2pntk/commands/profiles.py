@@ -9,7 +9,7 @@ from agent.model import ModelConfig
 from firmware_profiles.apply import (estimate_memory, estimate_round_time, format_bytes,
                                      largest_width)
 from firmware_profiles.calibrate import EchoServer, calibrate
-from coordinator_free.common.errors import UserError
+from common.errors import UserError
 from firmware_profiles.profile import Profile, list_profiles, load_profile
 
 

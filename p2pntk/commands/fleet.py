@@ -1,20 +1,20 @@
 """``p2pntk fleet init|status`` (bundles for real boards, and their state) and ``p2pntk rehearse``.
 
-``fleet init INVENTORY [SPEC]`` writes one bundle folder per board (agent.fleet); ``fleet status
+``fleet init INVENTORY [SPEC]`` writes one bundle folder per board (host.fleet); ``fleet status
 BUNDLE...`` reports each board from its log; ``rehearse ROOT`` runs the bundles as emulated hosts
-(agent.rehearse). docs/deploying.md is the guide.
+(host.rehearse). docs/deploying.md is the guide.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from agent.fleet import fleet_status, read_inventory, status_table, write_bundles
-from agent.rehearse import Fault, bundles_of, rehearse
+from host.fleet import fleet_status, read_inventory, status_table, write_bundles
+from host.rehearse import Fault, bundles_of, rehearse
 from agent.spec import load_spec
-from coordinator_free.common.errors import SwarmIncomplete, UserError
-from coordinator_free.common.files import write_json
-from coordinator_free.progress import ProgressBar
-from predictor.commands import add_spec_source
+from common.errors import SwarmIncomplete, UserError
+from common.files import write_json
+from host.progress import ProgressBar
+from p2pntk.commands import add_spec_source
 
 
 def register(sub) -> None:

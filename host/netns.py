@@ -15,7 +15,7 @@ import os
 import shutil
 import subprocess
 
-from coordinator_free.common.errors import UserError
+from common.errors import UserError
 
 
 def unavailable() -> str | None:

@@ -22,8 +22,8 @@ from agent.node import NodeConfig, load_node, node_table
 from agent.roundlog import read_round_log
 from agent.spec import Spec
 from agent.swarm import Swarm
-from coordinator_free.common.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, UserError
-from coordinator_free.common.files import read_toml, write_npz, write_text, write_toml
+from common.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, UserError
+from common.files import read_toml, write_npz, write_text, write_toml
 from coordinator_free.keys import new_keypair
 from firmware_profiles.profile import profile_path
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from coordinator_free.common.files import write_json
-from predictor.commands import add_spec_args, lr_max_line, swarm_from_args
+from common.files import write_json
+from p2pntk.commands import add_spec_args, lr_max_line, swarm_from_args
 from predictor.forecast import EXACT_MAX_OUTPUTS, kernel_problem
 from predictor.kernel_operators import JacobianOperator
 from predictor.stability import stability_report

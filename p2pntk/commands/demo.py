@@ -9,13 +9,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from agent.loopback import failure_summary, run_loopback
+from host.loopback import failure_summary, run_loopback
 from agent.spec import load_spec
 from agent.swarm import Swarm
-from coordinator_free.common.errors import SwarmIncomplete
-from coordinator_free.common.files import write_json
-from coordinator_free.progress import ProgressBar
-from predictor.commands import lr_max_line, work_folder
+from common.errors import SwarmIncomplete
+from common.files import write_json
+from host.progress import ProgressBar
+from p2pntk.commands import lr_max_line, work_folder
 from predictor.compare import compare_results, error_table, plot_comparison
 from predictor.forecast import forecast
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from coordinator_free.common.errors import UserError
+from common.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]  # the parent of the predictor package: a checkout or site-packages
 

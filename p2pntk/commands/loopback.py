@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from agent.__main__ import DESCRIPTION as AGENT_DESCRIPTION, add_arguments as add_agent_arguments
-from agent.loopback import failure_summary, run_loopback
-from coordinator_free.common.errors import SwarmIncomplete
-from coordinator_free.common.files import write_json
-from coordinator_free.progress import ProgressBar
-from predictor.commands import add_spec_args, loss_table, swarm_from_args, work_folder
+from host.loopback import failure_summary, run_loopback
+from common.errors import SwarmIncomplete
+from common.files import write_json
+from host.progress import ProgressBar
+from p2pntk.commands import add_spec_args, loss_table, swarm_from_args, work_folder
 
 
 def register(sub) -> None:

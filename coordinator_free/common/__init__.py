@@ -1,3 +1,0 @@
-"""The common base every layer stands on: typed errors, atomic file I/O (JSON, .npz, TOML) and the
-config schema that turns TOML into frozen dataclasses. It imports nothing else from this project.
-"""
