@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -58,11 +60,11 @@ def round_ratio(repeats: int = 3) -> dict:
 
 
 def loopback_ratios(rounds: int) -> list[dict]:
-    from p2pntk.cli import main
     with tempfile.TemporaryDirectory(prefix="p2pntk-bench-emulation-") as work:
         out = Path(work) / "em.json"
-        status = main(["loopback", "--quiet", "--out", str(out), "--profiles", "raspberry-pi-4b", "--link", "10",
-                       "--set", "network.agents=3", "--set", "model.width=1024", "--set", f"train.rounds={rounds}"])
+        status = subprocess.run([sys.executable, "-m", "p2pntk", "loopback", "--quiet", "--out", str(out), "--profiles",
+                                 "raspberry-pi-4b", "--link", "10", "--set", "network.agents=3", "--set",
+                                 "model.width=1024", "--set", f"train.rounds={rounds}"]).returncode  # the CLI is above us
         if status != 0:
             raise RuntimeError(f"p2pntk loopback exited with status {status}")
         agents = json.loads(out.read_text())["agents"]

@@ -239,7 +239,7 @@ def test_the_checks_see_every_kind_of_import(tmp_path):
         "common/errors.py": "from coordinator_free import wire\n",  # the ground floor imports floor 1
         "coordinator_free/__init__.py": "",
         "coordinator_free/wire.py": "import importlib\n\ndef f():\n    return importlib.import_module('agent.x')\n",
-        "firmware_profiles/__init__.py": "TARGET = 'host.cli:main'\n",
+        "firmware_profiles/__init__.py": "TARGET = 'p2pntk.cli:main'\n",
         "agent/__init__.py": "",
         "agent/x.py": "def g():\n    from importlib import import_module\n    import_module('benchmarks.b')\n",
         "agent/y.py": "from . import z\n",
@@ -247,24 +247,25 @@ def test_the_checks_see_every_kind_of_import(tmp_path):
         "predictor/__init__.py": "",
         "predictor/p.py": "from host import loopback\n",
         "host/__init__.py": "",
-        "host/loopback.py": "from .commands import bench\nimport benchmarks\n",  # host's operations sit below both
-        "host/commands/__init__.py": "",
-        "host/commands/bench.py": "import benchmarks\n",  # the roof: fine
-        "host/cli.py": "__import__('firmware_profiles')\nfrom .commands import bench\n",
+        "host/loopback.py": "from p2pntk.commands import bench\nimport benchmarks\n",  # host sits below both
+        "p2pntk/__init__.py": "",
+        "p2pntk/commands/__init__.py": "",
+        "p2pntk/commands/bench.py": "import benchmarks\n",  # the roof: fine
+        "p2pntk/cli.py": "__import__('firmware_profiles')\nfrom .commands import bench\n",
         "benchmarks/__init__.py": "",
-        "benchmarks/b.py": "from host.cli import main\nfrom host import loopback\n",  # the roof: no; host: fine
+        "benchmarks/b.py": "from p2pntk.cli import main\nfrom host import loopback\n",  # the roof: no; host: fine
     }
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     assert {(i.importer, i.target) for i in layer_violations(tmp_path)} == {
         ("common.errors", "coordinator_free.wire"), ("coordinator_free.wire", "agent.x"),
-        ("firmware_profiles", "host.cli"), ("agent.x", "benchmarks.b"), ("predictor.p", "host.loopback"),
-        ("host.loopback", "host.commands.bench"), ("host.loopback", "benchmarks"), ("benchmarks.b", "host.cli")}
+        ("firmware_profiles", "p2pntk.cli"), ("agent.x", "benchmarks.b"), ("predictor.p", "host.loopback"),
+        ("host.loopback", "p2pntk.commands.bench"), ("host.loopback", "benchmarks"), ("benchmarks.b", "p2pntk.cli")}
     assert [(i.importer, i.target) for i in ground_violations(tmp_path)] == [("common.errors", "coordinator_free.wire")]
     assert sorted(import_cycles(tmp_path)) == [["agent.y", "agent.z", "agent.y"],  # and the two planted above:
-                                               ["firmware_profiles", "host.cli", "firmware_profiles"]]
-    assert "host.cli" not in import_graph(tmp_path)["host.cli"]
+                                               ["firmware_profiles", "p2pntk.cli", "firmware_profiles"]]
+    assert "p2pntk.cli" not in import_graph(tmp_path)["p2pntk.cli"]
     for name in ("common/errors.py", "coordinator_free/wire.py", "firmware_profiles/__init__.py", "agent/x.py",
                  "agent/z.py", "predictor/p.py", "host/loopback.py", "benchmarks/b.py"):
         (tmp_path / name).write_text("import numpy\nfrom common import errors\n")

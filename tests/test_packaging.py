@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("agent", "benchmarks", "common", "coordinator_free", "firmware_profiles", "host", "predictor")
+PACKAGES = ("agent", "benchmarks", "common", "coordinator_free", "firmware_profiles", "host", "p2pntk", "predictor")
 
 
 def _install(tmp_path: Path) -> Path:
