@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from agent.algorithms import ALGORITHMS
 from common.compute import BACKENDS, DTYPES
@@ -187,27 +187,35 @@ def load_spec(path: str | Path | None = None, overrides: list[str] = ()) -> Spec
     return _anchor_paths(spec, Path(path).parent if path is not None else Path.cwd())
 
 
+# Spec values that may name a file: "section.key" -> the prefix a file value starts with, and the test that it
+# is one. The one table the three path rules read: anchored at the spec's folder when loaded, written relative
+# to the file that holds the spec, and hashed by file name only. A new path-valued key is one line here.
+PATH_KEYS: dict[str, tuple[str, Callable[[str], bool]]] = {
+    "data.name": ("", lambda v: v.endswith(".npz")),
+    "network.topology": ("file:", lambda v: v.startswith("file:")),
+}
+
+
+def _map_paths(raw: dict[str, Any], change: Callable[[str], str]) -> dict[str, Any]:
+    """``raw`` (a spec table) with ``change`` applied to the file part of every path-valued key that holds a file."""
+    for dotted, (prefix, is_file) in PATH_KEYS.items():
+        section, key = dotted.split(".")
+        value = raw[section][key]
+        if isinstance(value, str) and is_file(value):
+            raw[section][key] = prefix + change(value[len(prefix):])
+    return raw
+
+
 def _anchor_paths(spec: Spec, base: Path) -> Spec:
-    """Relative data/topology file paths are read relative to the spec file."""
-    name, topo = spec.data.name, spec.network.topology
-    if name.endswith(".npz") and not Path(name).is_absolute():
-        spec = spec.replace(data=spec.data.replace(name=str((base / name).resolve())))
-    if topo.startswith("file:") and not Path(topo[5:]).is_absolute():
-        spec = spec.replace(network=spec.network.replace(topology="file:" + str((base / topo[5:]).resolve())))
-    return spec
+    """Relative file paths are read relative to the spec file."""
+    raw = _map_paths(spec.to_dict(), lambda f: f if Path(f).is_absolute() else str((base / f).resolve()))
+    return spec.updated({k: raw[k.split(".")[0]][k.split(".")[1]] for k in PATH_KEYS})
 
 
 def spec_table(spec: Spec, relative_to: str | Path) -> dict[str, Any]:
-    """The spec's TOML table for a file in folder ``relative_to``: data and topology file paths are
-    written relative to it (the inverse of ``_anchor_paths``), so the spec moves with its files."""
-    raw = spec.to_dict()
-    def rel(path: str) -> str:
-        return os.path.relpath(os.path.abspath(path), os.path.abspath(relative_to))
-    if raw["data"]["name"].endswith(".npz"):
-        raw["data"]["name"] = rel(raw["data"]["name"])
-    if raw["network"]["topology"].startswith("file:"):
-        raw["network"]["topology"] = "file:" + rel(raw["network"]["topology"][5:])
-    return raw
+    """The spec's TOML table for a file in folder ``relative_to``: file paths are written relative to it (the
+    inverse of ``_anchor_paths``), so the spec moves with its files."""
+    return _map_paths(spec.to_dict(), lambda f: os.path.relpath(os.path.abspath(f), os.path.abspath(relative_to)))
 
 
 # What a board may choose for itself (``p2pntk tune``): the swarm agrees on these at start (the minimum of
@@ -218,11 +226,7 @@ TUNED_LOCALLY = ("train.lr", "train.rounds")
 def shared_keys(spec: Spec) -> dict[str, Any]:
     """The spec's keys every agent must share, flat ("section.key" -> value). File paths count by their
     file name only, since each device keeps its files in its own folder."""
-    raw = spec.to_dict()
-    if raw["data"]["name"].endswith(".npz"):
-        raw["data"]["name"] = Path(raw["data"]["name"]).name
-    if raw["network"]["topology"].startswith("file:"):
-        raw["network"]["topology"] = "file:" + Path(raw["network"]["topology"][5:]).name
+    raw = _map_paths(spec.to_dict(), lambda f: Path(f).name)
     flat = {f"{section}.{key}": value for section, table in raw.items() if isinstance(table, dict)
             for key, value in table.items()}
     flat.update({key: value for key, value in raw.items() if not isinstance(value, dict)})
