@@ -22,7 +22,7 @@ from agent.node import NodeConfig, load_node, node_table
 from agent.roundlog import read_round_log
 from agent.spec import Spec
 from agent.swarm import Swarm
-from common.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, UserError
+from common.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_START_TIMED_OUT, UserError
 from common.files import read_toml, write_npz, write_text, write_toml
 from coordinator_free.keys import new_keypair
 from firmware_profiles.profile import profile_path
@@ -178,7 +178,8 @@ Type=simple
 User=p2pntk
 WorkingDirectory={folder}
 ExecStart={INSTALL_ROOT}/venv/bin/p2pntk agent node.toml
-# a crash or a reboot restarts it, and it resumes from checkpoint.npz; a bad node file, spec or data
+# a crash or a reboot restarts it, and it resumes from checkpoint.npz; so does a start_timeout that
+# passed (exit {EXIT_START_TIMED_OUT}: a late neighbour may be up by then); a bad node file, spec or data
 # file (exit {EXIT_BAD_INPUT}) or a diverged run (exit {EXIT_DIVERGED}) would only fail again: fix it first
 Restart=on-failure
 RestartSec=15

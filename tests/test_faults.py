@@ -129,15 +129,16 @@ def test_a_bad_output_path_is_refused_before_any_work(tmp_path, out):
     assert "Traceback" not in proc.stderr
 
 
-def _check_rejoin(table: dict, fault: str) -> dict:
-    """The acceptance of a rejoin: both neighbours took the victim back, nobody ends suspecting anybody,
-    no healthy agent waited more than one deadline in a round, and every final loss is within 2%."""
+def _check_rejoin(table: dict, fault: str, timed: bool = False) -> dict:
+    """The acceptance of a rejoin: both neighbours took the victim back, nobody ends suspecting anybody, and
+    every final loss is within 2%; ``timed`` (the slow tier: wall clock), no healthy agent waited more than
+    one deadline in a round."""
     from benchmarks.bench_faults import VICTIM
     row = table["faults"][fault]
     neighbours = [(VICTIM - 1) % table["agents"], (VICTIM + 1) % table["agents"]]
     assert all(row["rejoined"].get(q, {}).get(str(VICTIM), 0) >= 1 for q in neighbours), row
     assert row["suspected"] == {}, row
-    assert row["longest_wait_s"] <= 1.1 * table["deadline_s"], row
+    assert not timed or row["longest_wait_s"] <= 1.1 * table["deadline_s"], row
     assert row["worst_all_pct"] < 2.0, row
     return row
 
@@ -172,8 +173,8 @@ def test_the_field_faults_at_full_size(capsys):
         assert row["worst_survivor_pct"] < 2.0 and row["longest_wait_s"] <= 1.1 * table["deadline_s"], row
     assert table["faults"]["loopback-kill"]["marked_failed"] == [VICTIM]
     assert table["faults"]["loopback-kill"]["agents_in_run_json"] == 8
-    _check_rejoin(table, "sigstop")
-    assert _check_rejoin(table, "restart")["victim_log_kept"]
+    _check_rejoin(table, "sigstop", timed=True)
+    assert _check_rejoin(table, "restart", timed=True)["victim_log_kept"]
     _print_rejoin(capsys, table, "sigstop", "SIGSTOP for 3x the deadline")
     _print_rejoin(capsys, table, "restart", "kill -9 + restart")
 
