@@ -33,7 +33,7 @@ for the round, if it ever will: a link keeps order); with none of those it waits
 a deadline. Past the round's deadline, an awaited neighbour is suspected if it has been silent for
 SILENCE; a LIVE one that is heard (it is waiting on someone itself) is waited for up to MAX_WAIT from the
 round's start. A neighbour AHEAD (two or more rounds past us) moved on without us: when every live one
-is, we are the one behind, and skip to the lowest of their rounds (``catch_up``).
+is, we are the one behind, and skip to the round after the lowest of theirs (``catch_up``).
 
 Timing constants, in round deadlines (``deadline`` seconds each):
   HEARTBEAT = 1/4   while waiting, a HELLO to every live neighbour (its silence clock restarts)
@@ -254,12 +254,14 @@ class PeerTable:
         return suspect, wait
 
     def catch_up(self, round: int) -> int:
-        """The round to run instead of ``round``: the lowest round of our live neighbours if every one of
-        them is AHEAD or more past it (we are the one left behind: paused, cut off, resumed), else ``round``.
+        """The round to run instead of ``round``: the round after the lowest round of our live neighbours if
+        every one of them is AHEAD or more past it (we are the one left behind: paused, cut off), else
+        ``round``. The round after: they are in the lowest one already, and do not wait for us, so its
+        messages may have gone before they took us back; the next one's are yet to be sent, and we hear them.
         A neighbour behind us or level with us (one that is restarting, say) keeps us where we are."""
         rounds = [self.peers[p].round for p in self.in_state(LIVE, STARTING, PROBATION)]
         low = min(rounds, default=-1)
-        return low if low >= round + AHEAD else round
+        return low + 1 if low >= round + AHEAD else round
 
     def describe(self) -> dict[str, list[int]]:
         """State -> neighbour ids, for logs and results."""

@@ -27,7 +27,6 @@ from coordinator_free.flooding import Flooding
 from common.compute import DTYPES
 from coordinator_free.wire import MAX_HEADER_BYTES, SHARE_EXTRA, Expect, WireError, decode, message
 
-FLOAT_DTYPES = DTYPES  # what a transport carries
 ROUND_WINDOW = 8  # params for rounds up to current + ROUND_WINDOW are buffered; later ones dropped
 START_PROGRESS = (5.0, 60.0)  # at start, a line naming the silent neighbours every 5 s, every 60 s after a minute
 MISMATCH_GRACE = 3.0  # seconds a start with a mismatched neighbour waits for it to learn of the mismatch too
@@ -58,8 +57,8 @@ def check_setup(node_id: int, peers: dict[int, str], protocol: dict) -> int:
     for the link's receive limit. Every transport calls this before it opens anything."""
     if node_id in peers:
         raise UserError(f"node {node_id} lists itself among its peers")
-    if (dtype := protocol.get("dtype")) not in FLOAT_DTYPES:
-        raise UserError(f"dtype {dtype!r} is not {' or '.join(FLOAT_DTYPES)}")
+    if (dtype := protocol.get("dtype")) not in DTYPES:
+        raise UserError(f"dtype {dtype!r} is not {' or '.join(DTYPES)}")
     return max(8 * (math.prod(protocol.get("shape", ())) + SHARE_EXTRA), MAX_HEADER_BYTES)
 
 

@@ -102,32 +102,55 @@ def test_from_a_four_line_inventory_to_a_rehearsed_swarm_that_matches_simulate(t
     assert status.stdout.count("finished") == 4 and "30/30" in status.stdout
 
 
-@needs_netns
-def test_a_link_down_for_three_deadlines_recovers_through_rejoin(tmp_path, capsys):
-    """Board 2 of 8 has its link cut for 3x the deadline (6 s, deadline 2 s) at round 15 of 50 (uplinks shaped
-    at 1 Mbit/s, so rounds take about 0.35 s and it misses about 17): its neighbours suspect it, re-admit it,
-    and every final loss stays within 2% of a fault-free rehearsal, with nobody suspected at the end.
-
-    Measured: 0.91-1.28% (deadline 2 s, also with two matrix products hogging both cores); with a 1 s
-    deadline and a 3 s cut 0.63-0.77% in 14 runs of 14, but once 6% when other heavy jobs shared the
-    machine, so the test leaves a scheduling hiccup more room. Before re-admitted peers were put on
-    probation and given a new connection (design.md, 7. After a partition), TCP's retransmission backoff
-    made a healed link flap and some runs ended 4-17% off."""
+def _partition_rehearsal(tmp_path) -> tuple[float, list[dict], list[dict]]:
+    """Board 2 of 8 cut off for 6 s at round 15 of 80, against a fault-free rehearsal: (worst final loss
+    error, each board's re-admissions, the partitioned run's results)."""
     finals = {}
     for name, faults in (("clean", []), ("partition", ["--fault", "partition:2@15:6"])):
-        root = _bundles(tmp_path / name, 50, boards=8, deadline=2.0)
+        root = _bundles(tmp_path / name, 80, boards=8, deadline=2.0)
         proc = _cli("rehearse", str(root), "--quiet", "--link", "1", *faults)
         assert proc.returncode == 0, proc.stderr
         finals[name] = [json.loads((root / f"board-{q}" / "results.json").read_text()) for q in range(8)]
     worst = max(abs(f["train_loss"][-1] - c["train_loss"][-1]) / c["train_loss"][-1]
                 for f, c in zip(finals["partition"], finals["clean"]))
-    rejoined = [r["rejoined"] for r in finals["partition"]]
+    return worst, [r["rejoined"] for r in finals["partition"]], finals["partition"]
+
+
+def _check_partition(worst: float, rejoined: list[dict], partitioned: list[dict]) -> None:
+    assert rejoined[1].get("2", 0) >= 1 and rejoined[3].get("2", 0) >= 1
+    assert all(not r["suspected"] for r in partitioned)
+    assert worst < 0.02
+
+
+@needs_netns
+def test_a_link_down_for_three_deadlines_recovers_through_rejoin(tmp_path, capsys):
+    """Board 2 of 8 has its link cut for 3x the deadline (6 s, deadline 2 s) at round 15 of 80 (uplinks shaped
+    at 1 Mbit/s, so rounds take about 0.35 s and it misses about 17): its neighbours suspect it, re-admit it,
+    and every final loss stays within 2% of a fault-free rehearsal, with nobody suspected at the end.
+
+    The run is 80 rounds, not 50, so that the swarm has room to settle again after the fault on a loaded
+    machine: with 50 rounds and two CPU hogs, 10 of 11 runs ended 0.76-1.77% off and one 2.55%. The slow
+    tier repeats it 20 times beside two CPU hogs; README "Measured" has the figures."""
+    worst, rejoined, partitioned = _partition_rehearsal(tmp_path)
     with capsys.disabled():
         print(f"\n  link of board 2 of 8 down 6 s (3x the deadline): re-admissions {rejoined}, "
               f"worst final loss vs fault-free {100 * worst:.2f}%")
-    assert rejoined[1].get("2", 0) >= 1 and rejoined[3].get("2", 0) >= 1
-    assert all(not r["suspected"] for r in finals["partition"])
-    assert worst < 0.02
+    _check_partition(worst, rejoined, partitioned)
+
+
+@needs_netns
+@pytest.mark.slow
+def test_twenty_partition_rehearsals_beside_two_cpu_hogs(tmp_path, capsys):
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        for run in range(20):
+            worst, rejoined, partitioned = _partition_rehearsal(tmp_path / f"run{run}")
+            with capsys.disabled():
+                print(f"\n  loaded partition rehearsal {run + 1}/20: worst final loss {100 * worst:.2f}%")
+            _check_partition(worst, rejoined, partitioned)
+    finally:
+        for h in hogs:
+            h.kill()
 
 
 def test_rehearsal_without_namespaces_falls_back_to_loopback_and_says_so(tmp_path):

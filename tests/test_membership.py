@@ -110,7 +110,8 @@ def test_a_peer_past_our_round_is_not_waited_for_and_all_ahead_means_catch_up():
     assert t.catch_up(10) == 10  # 2 is level with us
     t.on_hello(2, hello(30), ME, 10, 0.0)
     t.on_hello(0, hello(29), ME, 10, 0.0)
-    assert t.catch_up(10) == 29  # every live neighbour is two or more rounds past: we are the one behind
+    assert t.catch_up(10) == 30  # every live neighbour is two or more rounds past: we are the one behind,
+    # and join at the round after the lowest of theirs, whose messages are yet to be sent
 
 
 def test_a_restarting_neighbour_behind_us_keeps_a_healthy_board_where_it_is():
