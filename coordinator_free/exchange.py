@@ -106,13 +106,13 @@ class Exchange:
         self.wait_seconds += self.clock() - t0
 
     def listen(self, round: int, deadline: float | None = None) -> dict[int, tuple[np.ndarray, ...]]:
-        """Live neighbours' round-``round`` params, collected for at most ``deadline`` (default: half the round
-        deadline) without sending ours: a rejoiner hears the swarm before it speaks (agent.rounds.rejoin).
-        Returns copies; the messages stay buffered for ``exchange(round)``."""
+        """Live neighbours' round-``round`` params, collected for at most ``deadline`` (default: the round
+        deadline, within which a neighbour sends its next round) without sending ours: a rejoiner hears the
+        swarm before it speaks (agent.rounds.rejoin). Returns copies; they stay buffered for ``exchange(round)``."""
         if round < self._round:
             raise ValueError(f"round {round!r}: rounds must be ints >= {self._round}")
         self._round = round
-        end = self.clock() + (self.deadline / 2 if deadline is None else deadline)
+        end = self.clock() + (self.deadline if deadline is None else deadline)
         got = self._pending[round]
         while (self.table.live - got.keys() - self.table.ahead(round)) and (now := self.clock()) < end:
             self._pay_owed()

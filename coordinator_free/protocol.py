@@ -171,8 +171,9 @@ class Protocol(Exchange, Flooding):
             now = self.clock()
             mismatched = [r for _, r in sorted(self.table.peers.items()) if r.mismatch]
             timed_out = timeout is not None and now - t0 >= timeout
-            if mismatched and (timed_out or all((r.told and r.acked) or now - r.heard_at >= MISMATCH_GRACE
-                                                for r in mismatched)):
+            known = all(r.told and r.acked for r in mismatched) and all(
+                r.confirmed or r.mismatch for r in self.table.peers.values())  # every neighbour has heard us
+            if mismatched and (timed_out or known or now - min(r.heard_at for r in mismatched) >= MISMATCH_GRACE):
                 raise UserError("; ".join(r.mismatch for r in mismatched))  # once they know it too
             if training_since is None and self.table.training_neighbour():
                 training_since = now
