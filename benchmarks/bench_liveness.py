@@ -186,7 +186,7 @@ def run_late(delay: float = 90.0, handshake_timeout: float = 10.0, rounds: int =
 
 def cli(quick: bool = False, out: str | None = None) -> None:
     if quick:
-        table = {"restart": run_restart(runs=1, rounds=150, kill_after=40), "isolated":
+        table = {"restart": run_restart(runs=1), "isolated":
                  run_isolated(rounds=40, kill_at=10, deadline=0.5, handshake_timeout=2.0),
                  "late": run_late(delay=12.0, handshake_timeout=3.0, rounds=15)}
     else:

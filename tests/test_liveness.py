@@ -34,7 +34,9 @@ def _check_late(table: dict) -> None:
 
 def test_a_fast_round_restart_leaves_the_healthy_boards_alone(capsys):
     with capsys.disabled():
-        _check_restart(bl.run_restart(runs=1, rounds=150, kill_after=40, say=lambda s: print("\n  " + s)))
+        # the size (300 unpaced rounds take seconds): shorter, a resume from the checkpoint before the
+        # kill (its log at round 40, its last checkpoint at 30) leaves too few rounds to settle within 2%
+        _check_restart(bl.run_restart(runs=1, say=lambda s: print("\n  " + s)))
 
 
 def test_a_board_whose_every_neighbour_died_trains_on_one_round_per_deadline(capsys):
