@@ -262,10 +262,3 @@ class PeerTable:
         rounds = [self.peers[p].round for p in self.in_state(LIVE, STARTING, PROBATION)]
         low = min(rounds, default=-1)
         return low + 1 if low >= round + AHEAD else round
-
-    def describe(self) -> dict[str, list[int]]:
-        """State -> neighbour ids, for logs and results."""
-        out: dict[str, list[int]] = {}
-        for pid, p in self.peers.items():
-            out.setdefault(p.state, []).append(pid)
-        return out
